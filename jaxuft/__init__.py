@@ -1,0 +1,37 @@
+"""jaxuft: fine-tune universal ML interatomic potentials in JAX, run MD ensembles, measure extrapolation.
+
+Public API::
+
+    pot = jaxuft.load("model_dir_or_name", dtype="float32")
+    atoms.calc = jaxuft.Calculator(pot)
+    jaxuft.convert("mace.model", "mace_jax")          # torch-free, safe
+    pot.descriptors(atoms)                            # (n_atoms, n_features)
+"""
+
+from .api import convert, load
+from .calculator import Calculator
+from .errors import (
+    CheckpointError,
+    JaxuftError,
+    StructureError,
+    UnknownElementError,
+    UnsafeCheckpointError,
+)
+from .graph import Graph
+from .potential import Potential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Calculator",
+    "CheckpointError",
+    "Graph",
+    "JaxuftError",
+    "Potential",
+    "StructureError",
+    "UnknownElementError",
+    "UnsafeCheckpointError",
+    "convert",
+    "load",
+    "__version__",
+]

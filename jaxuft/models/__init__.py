@@ -1,0 +1,28 @@
+"""Model families. Each is a Flax module built from a JSON config.
+
+A family module's ``__call__(species, vectors, senders, receivers, node_mask, edge_mask)``
+returns ``{"node_energy": (n_nodes,), "descriptors": (n_nodes, n_features)}``
+(eV and unitless features); the :class:`~jaxuft.potential.Potential` turns that
+into energies, forces and stresses.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: family name -> "module:builder" (imported lazily so one family's deps never load another's)
+FAMILIES = {
+    "mace": "jaxuft.models.mace:build",
+    "nequip": "jaxuft.models.nequip:build",
+    "pair": "jaxuft.models.pair:build",
+}
+
+
+def build_module(config: dict):
+    family = config.get("family")
+    if family not in FAMILIES:
+        raise ValueError(
+            f"unknown model family {family!r} in config; known families: {sorted(FAMILIES)}"
+        )
+    mod_name, fn = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(mod_name), fn)(config)

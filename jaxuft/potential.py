@@ -1,0 +1,191 @@
+"""The Potential: an immutable model config plus a params pytree.
+
+Every consumer (MD, fine-tuning, Q-residuals, the ASE calculator) receives
+``params`` as a function argument, so new params flow into already-compiled
+code without recompilation.  The pure functions are:
+
+- :meth:`Potential.node_outputs` ``(params, graph) -> {"node_energy", "descriptors"}``
+- :meth:`Potential.energy` ``(params, graph) -> (n_graphs,)`` eV
+- :meth:`Potential.energy_forces_stress` ``(params, graph) -> dict`` with
+  ``energy (n_graphs,)`` eV, ``forces (n_nodes, 3)`` eV/Å, ``stress (n_graphs, 3, 3)``
+  eV/Å³ (ASE sign: ``(1/V) dE/dε``; zero for non-periodic graphs) and ``node_energy``.
+
+Host conveniences (:meth:`predict`, :meth:`descriptors`) take ASE ``Atoms``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+
+from .graph import Graph, edge_vectors, graph_sum
+from .structures import SpeciesMap, atoms_to_graph
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """Accept "float32"/"float64" or numpy dtypes; enable x64 in JAX when needed."""
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return np.dtype(name)
+
+
+def cast_params(params, dtype):
+    """Cast floating leaves of a params pytree to ``dtype`` (ints untouched)."""
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree_util.tree_map(cast, params)
+
+
+def _node_outputs(module, params, graph: Graph, positions=None, cell=None):
+    vectors = edge_vectors(graph, positions, cell)
+    return module.apply(
+        {"params": params},
+        graph.species,
+        vectors,
+        graph.senders,
+        graph.receivers,
+        graph.node_mask,
+        graph.edge_mask,
+    )
+
+
+def _energy_and_aux(module, params, graph: Graph, positions, strain):
+    sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))  # (G, 3, 3)
+    pos = positions + jnp.einsum("ni,nij->nj", positions, sym[graph.node_graph])
+    cell = graph.cell + jnp.einsum("gij,gjk->gik", graph.cell, sym)
+    out = _node_outputs(module, params, graph, pos, cell)
+    node_energy = jnp.where(graph.node_mask, out["node_energy"], 0.0)
+    energy = graph_sum(node_energy, graph)
+    return jnp.sum(energy), (energy, node_energy)
+
+
+def energy_forces_stress_fn(module, params, graph: Graph) -> dict:
+    """Energy, forces and stress of every graph in ``graph`` (pure, differentiable)."""
+    strain = jnp.zeros_like(graph.cell)
+    grad_fn = jax.grad(functools.partial(_energy_and_aux, module), argnums=(2, 3), has_aux=True)
+    (d_pos, d_strain), (energy, node_energy) = grad_fn(params, graph, graph.positions, strain)
+    volume = jnp.abs(jnp.linalg.det(graph.cell))
+    safe_volume = jnp.where(volume > 0, volume, 1.0)
+    stress = jnp.where((volume > 0)[:, None, None], d_strain / safe_volume[:, None, None], 0.0)
+    return {
+        "energy": energy,
+        "forces": jnp.where(graph.node_mask[:, None], -d_pos, 0.0),
+        "stress": stress,
+        "node_energy": node_energy,
+    }
+
+
+def energy_fn(module, params, graph: Graph) -> jax.Array:
+    out = _node_outputs(module, params, graph)
+    return graph_sum(jnp.where(graph.node_mask, out["node_energy"], 0.0), graph)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(module, what: str):
+    """One jitted function per (model architecture, kind): params are arguments."""
+    fns = {
+        "efs": energy_forces_stress_fn,
+        "energy": energy_fn,
+        "outputs": lambda m, p, g: _node_outputs(m, p, g),
+    }
+    return jax.jit(functools.partial(fns[what], module))
+
+
+def voigt6(stress33: np.ndarray) -> np.ndarray:
+    """3x3 stress -> ASE Voigt order (xx, yy, zz, yz, xz, xy)."""
+    s = stress33
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
+class Potential:
+    """A machine-learned interatomic potential: config + params + pure functions.
+
+    Build one with :func:`jaxuft.load` (converted file or model-zoo name) or
+    ``Potential(config, params, dtype)``.  ``config`` is the JSON config of the
+    converted model; ``params`` a nested dict of arrays.
+    """
+
+    def __init__(self, config: dict, params: Any, dtype="float32"):
+        from .models import build_module
+
+        self.dtype = resolve_dtype(dtype)
+        self.config = dict(config)
+        self.module = build_module(self.config)
+        self.params = cast_params(params, self.dtype)
+        self.cutoff = float(self.config["r_max"])
+        self.atomic_numbers = tuple(int(z) for z in self.config["atomic_numbers"])
+        self.species_map = SpeciesMap(self.atomic_numbers)
+
+    # ---- pure functions (params first) --------------------------------------------
+    def node_outputs(self, params, graph: Graph) -> dict:
+        return _node_outputs(self.module, params, graph)
+
+    def energy(self, params, graph: Graph) -> jax.Array:
+        return energy_fn(self.module, params, graph)
+
+    def energy_forces_stress(self, params, graph: Graph) -> dict:
+        return energy_forces_stress_fn(self.module, params, graph)
+
+    def compiled(self, what: str = "efs"):
+        """The jitted ``(params, graph) -> ...`` function shared by all potentials of this architecture."""
+        return _compiled(self.module, what)
+
+    def with_params(self, params) -> "Potential":
+        """A new Potential with the same architecture (compiled code is shared)."""
+        new = object.__new__(Potential)
+        new.__dict__.update(self.__dict__)
+        new.params = cast_params(params, self.dtype)
+        return new
+
+    # ---- host conveniences --------------------------------------------------------
+    def graph(self, atoms: Atoms | Sequence[Atoms]) -> Graph:
+        """A padded graph of one structure or a list of structures."""
+        return atoms_to_graph(atoms, self.species_map, self.cutoff, dtype=self.dtype)
+
+    def predict(self, atoms: Atoms | Sequence[Atoms]):
+        """Energy (eV), forces (eV/Å), stress (Voigt, eV/Å³) and per-atom energies.
+
+        One dict for an ``Atoms``, a list of dicts for a sequence.
+        """
+        frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
+        graph = self.graph(frames)
+        out = jax.device_get(self.compiled("efs")(self.params, graph))
+        results, start = [], 0
+        for k, a in enumerate(frames):
+            n = len(a)
+            res = {
+                "energy": float(out["energy"][k]),
+                "forces": np.asarray(out["forces"][start : start + n], dtype=np.float64),
+                "energies": np.asarray(out["node_energy"][start : start + n], dtype=np.float64),
+            }
+            if np.all(a.get_pbc()):
+                res["stress"] = voigt6(np.asarray(out["stress"][k], dtype=np.float64))
+            results.append(res)
+            start += n
+        return results[0] if isinstance(atoms, Atoms) else results
+
+    def descriptors(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
+        """Per-atom invariant descriptors ``(n_atoms, n_features)`` (all frames stacked)."""
+        frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
+        graph = self.graph(frames)
+        out = self.compiled("outputs")(self.params, graph)
+        n = sum(len(a) for a in frames)
+        return np.asarray(out["descriptors"][:n], dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (
+            f"Potential(family={self.config.get('family')!r}, elements={len(self.atomic_numbers)}, "
+            f"cutoff={self.cutoff} Å, dtype={self.dtype.name})"
+        )
