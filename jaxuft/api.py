@@ -18,13 +18,13 @@ def load(path_or_name: str | os.PathLike, dtype: str = "float32") -> Potential:
 
     p = Path(path_or_name)
     if p.exists() and is_converted_model(p):
-        config, params = load_model(p)
-        return Potential(config, params, dtype=dtype)
+        config, tree = load_model(p)
+        return potential_from_tree(config, tree, dtype)
     if p.exists():
         from .checkpoints.convert import convert_to_memory
 
-        config, params = convert_to_memory(p)
-        return Potential(config, params, dtype=dtype)
+        config, tree = convert_to_memory(p)
+        return potential_from_tree(config, tree, dtype)
     try:
         from .checkpoints import zoo
     except ImportError:  # zoo not available
@@ -35,6 +35,13 @@ def load(path_or_name: str | os.PathLike, dtype: str = "float32") -> Potential:
         f"{path_or_name!s} is neither an existing file/directory nor a known model name. "
         "Convert a torch checkpoint with `jaxuft convert SRC DEST`, or list named models with `jaxuft models`."
     )
+
+
+def potential_from_tree(config: dict, tree: dict, dtype="float32") -> Potential:
+    """A Potential from a loaded/converted tree: ``{"params": ..., "constants": ...}`` or bare params."""
+    if "params" in tree and set(tree) <= {"params", "constants"}:
+        return Potential(config, tree["params"], dtype=dtype, constants=tree.get("constants"))
+    return Potential(config, tree, dtype=dtype)
 
 
 def convert(src: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False, head: str | None = None) -> Path:

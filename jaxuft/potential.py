@@ -113,16 +113,18 @@ class Potential:
     """A machine-learned interatomic potential: config + params + pure functions.
 
     Build one with :func:`jaxuft.load` (converted file or model-zoo name) or
-    ``Potential(config, params, dtype)``.  ``config`` is the JSON config of the
-    converted model; ``params`` a nested dict of arrays.
+    ``Potential(config, params, dtype, constants)``.  ``config`` is the JSON config
+    of the converted model; ``params`` a nested dict of trainable arrays;
+    ``constants`` fixed arrays of the architecture (e.g. MACE's U tensors).
     """
 
-    def __init__(self, config: dict, params: Any, dtype="float32"):
+    def __init__(self, config: dict, params: Any, dtype="float32", constants: dict | None = None):
         from .models import build_module
 
         self.dtype = resolve_dtype(dtype)
         self.config = dict(config)
-        self.module = build_module(self.config)
+        self.constants = dict(constants or {})
+        self.module = build_module(self.config, self.constants)
         self.params = cast_params(params, self.dtype)
         self.cutoff = float(self.config["r_max"])
         self.atomic_numbers = tuple(int(z) for z in self.config["atomic_numbers"])

@@ -18,11 +18,12 @@ FAMILIES = {
 }
 
 
-def build_module(config: dict):
+def build_module(config: dict, constants: dict | None = None):
     family = config.get("family")
     if family not in FAMILIES:
         raise ValueError(
             f"unknown model family {family!r} in config; known families: {sorted(FAMILIES)}"
         )
     mod_name, fn = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(mod_name), fn)(config)
+    builder = getattr(importlib.import_module(mod_name), fn)
+    return builder(config, constants) if constants else builder(config)

@@ -39,18 +39,18 @@ def bessel_basis(r, frequencies, prefactor):
     return prefactor * jnp.sin(frequencies * r[:, None]) / r[:, None]
 
 
-def agnesi_transform(r, z_sender, z_receiver, q, p, a):
+def agnesi_transform(r, z_sender, z_receiver, q, p, a, radii=None):
     """Agnesi distance transform (ACEpotentials.jl): ``1 / (1 + a (r/r0)^q / (1 + (r/r0)^(q-p)))``.
 
     ``r0`` is the mean covalent radius of the two atoms (from their atomic numbers).
     """
-    radii = jnp.asarray(COVALENT_RADII, dtype=r.dtype)
+    radii = jnp.asarray(COVALENT_RADII, dtype=r.dtype) if radii is None else radii
     r0 = 0.5 * (radii[z_sender] + radii[z_receiver])
     x = r / r0
     return 1.0 / (1.0 + a * x**q / (1.0 + x ** (q - p)))
 
 
-def zbl_edge_energy(r, z_sender, z_receiver, p: int, a_exp=0.300, a_prefactor=0.4543, c=ZBL_C):
+def zbl_edge_energy(r, z_sender, z_receiver, p: int, a_exp=0.300, a_prefactor=0.4543, c=ZBL_C, radii=None):
     """ZBL repulsion of one directed edge, halved (each pair appears twice), enveloped.
 
     The envelope cuts off at the sum of the covalent radii.
@@ -62,6 +62,6 @@ def zbl_edge_energy(r, z_sender, z_receiver, p: int, a_exp=0.300, a_prefactor=0.
     x = r / a
     phi = sum(ci * jnp.exp(-di * x) for ci, di in zip(c, ZBL_D))
     v = ZBL_COULOMB * zu * zv / r * phi
-    radii = jnp.asarray(COVALENT_RADII, dtype=dtype)
+    radii = jnp.asarray(COVALENT_RADII, dtype=dtype) if radii is None else radii
     r_max = radii[z_sender] + radii[z_receiver]
     return 0.5 * v * polynomial_envelope(r / r_max, p)

@@ -1,0 +1,58 @@
+"""Torch checkpoint -> jaxuft model directory (safetensors + JSON), without torch.
+
+Dispatches on what the safely-read object is: a pickled mace-torch module, or a
+SevenNet checkpoint dict.  The result is written atomically: on any error
+nothing is left at the destination.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .format import save_model, sha256_file
+from .torch_pickle import read_checkpoint
+
+#: torch.fx GraphModules (mace's symmetric contractions) pickle their generated source;
+#: the safe reader keeps them as inert placeholders, never compiling or running it.
+ALLOW_PREFIXES = ("torch.fx.",)
+
+
+def convert_to_memory(src: str | os.PathLike, head: str | None = None) -> tuple[dict, dict]:
+    """Read and convert ``src``; returns ``(config, tree)`` with ``tree = {"params", "constants"}``."""
+    obj = read_checkpoint(src, allow_prefixes=ALLOW_PREFIXES)
+    from . import mace
+
+    if mace.looks_like_mace(obj):
+        config, params, constants = mace.convert_mace(obj, head=head)
+        return config, {"params": params, "constants": constants}
+    try:
+        from . import sevennet
+    except ImportError:
+        sevennet = None
+    if sevennet is not None and sevennet.looks_like_sevennet(obj):
+        config, params = sevennet.convert_sevennet(obj)[:2]
+        return config, {"params": params, "constants": {}}
+    kind = getattr(obj, "qualname", type(obj).__name__)
+    keys = list(obj.keys())[:8] if isinstance(obj, dict) else None
+    raise CheckpointError(
+        f"{src}: not a checkpoint jaxuft can convert (found {kind}{', keys ' + str(keys) if keys else ''}); "
+        "supported: mace-torch .model files (ScaleShiftMACE/MACE) and SevenNet .pth checkpoints"
+    )
+
+
+def convert(src: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False, head: str | None = None) -> Path:
+    """Convert ``src`` into the jaxuft model directory ``dest`` and return its path."""
+    src = Path(src)
+    if not src.is_file():
+        raise CheckpointError(f"{src}: no such checkpoint file")
+    config, tree = convert_to_memory(src, head=head)
+    metadata = {
+        "source_file": src.name,
+        "source_sha256": sha256_file(src),
+        "converted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_model(dest, config, tree, metadata=metadata, overwrite=overwrite)
+    return Path(dest)

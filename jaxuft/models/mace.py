@@ -1,0 +1,424 @@
+"""MACE (Batatia et al. 2022) in Flax, numerically equal to mace-torch's ``ScaleShiftMACE``.
+
+Covers the public MACE-MP family: ``RealAgnosticInteractionBlock`` /
+``RealAgnosticResidualInteractionBlock``, symmetric contractions of any
+correlation order (U tensors are taken from the checkpoint), Bessel radial basis
+with polynomial cutoff, the Agnesi distance transform and ZBL pair repulsion
+(MP-0b), scale/shift, E0s, and multi-head checkpoints.
+
+Feature layout, normalisations and Wigner-3j signs follow e3nn 0.4.4 so that
+converted weights are used as they are (see :mod:`jaxuft.models.irreps`).
+The config is plain JSON (see :func:`build`); fixed tensors (U matrices, Bessel
+frequencies, covalent radii) are module constants; trainable weights are params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import e3nn_jax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import irreps as I
+from .layers import agnesi_transform, bessel_basis, polynomial_envelope, zbl_edge_energy
+
+ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}
+
+
+class Constants:
+    """Hashable bundle of fixed numpy arrays (module constants, not parameters)."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        h = hashlib.sha1()
+        for k in sorted(self.arrays):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(self.arrays[k]).tobytes())
+        self._hash = int.from_bytes(h.digest()[:8], "little")
+
+    def __getitem__(self, k):
+        return self.arrays[k]
+
+    def __contains__(self, k):
+        return k in self.arrays
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return isinstance(other, Constants) and other._hash == self._hash
+
+
+# ---------------------------------------------------------------------------- e3nn ops
+def linear(x, irreps_in, irreps_out, weight):
+    """e3nn ``o3.Linear`` (no biases, 'element' path normalisation); x: (N, dim_in)."""
+    offs_in = I.offsets(irreps_in)
+    outs, w_off = [], 0
+    # e3nn instruction order: for i_in, for i_out with equal irreps
+    blocks = {j: [] for j in range(len(irreps_out))}
+    for i, mi in enumerate(irreps_in):
+        for j, mo in enumerate(irreps_out):
+            if mi.ir == mo.ir:
+                n = mi.mul * mo.mul
+                blocks[j].append((i, weight[w_off : w_off + n].reshape(mi.mul, mo.mul)))
+                w_off += n
+    for j, mo in enumerate(irreps_out):
+        fan_in = sum(irreps_in[i].mul for i, _ in blocks[j])
+        acc = jnp.zeros((x.shape[0], mo.mul, mo.dim), x.dtype)
+        for i, w in blocks[j]:
+            mi = irreps_in[i]
+            xi = x[:, offs_in[i] : offs_in[i] + mi.mul * mi.dim].reshape(-1, mi.mul, mi.dim)
+            acc = acc + jnp.einsum("num,uw->nwm", xi, w)
+        if fan_in:
+            acc = acc / math.sqrt(fan_in)
+        outs.append(acc.reshape(x.shape[0], -1))
+    return jnp.concatenate(outs, axis=-1)
+
+
+def linear_numel(irreps_in, irreps_out) -> int:
+    return sum(mi.mul * mo.mul for mi in irreps_in for mo in irreps_out if mi.ir == mo.ir)
+
+
+def conv_tensor_product(x1, sh, weights, irreps1, irreps_sh, irreps_mid, instructions):
+    """e3nn 'uvu' ``TensorProduct`` with per-edge weights (E, numel); returns (E, dim_mid)."""
+    offs1, offs2 = I.offsets(irreps1), I.offsets(irreps_sh)
+    outs, w_off = [], 0
+    for i1, i2, k in instructions:
+        m1, m2, mo = irreps1[i1], irreps_sh[i2], irreps_mid[k]
+        a = x1[:, offs1[i1] : offs1[i1] + m1.mul * m1.dim].reshape(-1, m1.mul, m1.dim)
+        b = sh[:, offs2[i2] : offs2[i2] + m2.dim]
+        w = weights[:, w_off : w_off + m1.mul]
+        w_off += m1.mul
+        cg = jnp.asarray(I.wigner_3j(m1.l, m2.l, mo.l) * math.sqrt(mo.dim), x1.dtype)
+        outs.append(jnp.einsum("eui,ej,ijk,eu->euk", a, b, cg, w).reshape(x1.shape[0], -1))
+    return jnp.concatenate(outs, axis=-1)
+
+
+def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
+    """e3nn ``FullyConnectedTensorProduct(irreps_in, n_species x 0e, irreps_out)`` with one-hot input 2."""
+    offs = I.offsets(irreps_in)
+    outs, w_off = [], 0
+    per_out = {j: [] for j in range(len(irreps_out))}
+    for i, mi in enumerate(irreps_in):
+        for j, mo in enumerate(irreps_out):
+            if mi.ir == mo.ir:  # ir x 0e -> ir
+                n = mi.mul * n_species * mo.mul
+                per_out[j].append((i, weight[w_off : w_off + n].reshape(mi.mul, n_species, mo.mul)))
+                w_off += n
+    for j, mo in enumerate(irreps_out):
+        fan = sum(irreps_in[i].mul * n_species for i, _ in per_out[j])
+        acc = jnp.zeros((x.shape[0], mo.mul, mo.dim), x.dtype)
+        for i, w in per_out[j]:
+            mi = irreps_in[i]
+            xi = x[:, offs[i] : offs[i] + mi.mul * mi.dim].reshape(-1, mi.mul, mi.dim)
+            ws = jnp.take(w, species, axis=1)  # (u, N, w)
+            sign = float(np.sign(I.wigner_3j(mi.l, 0, mo.l)[0, 0, 0]))
+            acc = acc + sign * jnp.einsum("num,unw->nwm", xi, ws)
+        outs.append((acc / math.sqrt(fan)).reshape(x.shape[0], -1))
+    return jnp.concatenate(outs, axis=-1)
+
+
+def skip_numel(irreps_in, n_species, irreps_out) -> int:
+    return sum(mi.mul * n_species * mo.mul for mi in irreps_in for mo in irreps_out if mi.ir == mo.ir)
+
+
+# ------------------------------------------------------------- symmetric contraction
+def _block_groups(U: np.ndarray, n_lead: int, block_slices):
+    """Group the paths (last axis) of U by the irrep blocks where they are non-zero.
+
+    Returns [(slices for each coupling axis, path indices)], so the contraction
+    only touches the dense sub-blocks (U is very sparse across irrep blocks).
+    """
+    nz = np.abs(U) > 0
+    groups: dict = {}
+    for k in range(U.shape[-1]):
+        mask = nz[..., k]
+        key = []
+        for ax in range(n_lead, mask.ndim):
+            other = tuple(a for a in range(mask.ndim) if a != ax)
+            used = mask.any(axis=other)
+            blocks = [b for b, sl in enumerate(block_slices) if used[sl].any()]
+            key.append((blocks[0], blocks[-1]) if blocks else None)
+        if any(kk is None for kk in key):
+            continue  # an all-zero path contributes nothing
+        groups.setdefault(tuple(key), []).append(k)
+    out = []
+    for key, ks in groups.items():
+        sls = tuple(slice(block_slices[b0].start, block_slices[b1].stop) for b0, b1 in key)
+        out.append((sls, np.asarray(ks)))
+    return out
+
+
+def symmetric_contraction(x, species, weights, Us, lead: int, block_slices):
+    """mace-torch ``Contraction`` for one output irrep.
+
+    x: (N, C, L) node features over the coupling irreps; weights[nu-1]: (S, P_nu, C);
+    Us[nu-1]: U tensor ``([2l+1,] L * nu, P_nu)``; lead = 1 if the output has l > 0.
+    Returns (N, C, 2l+1) (or (N, C) for scalars).
+    """
+    corr = len(Us)
+    N, C, L = x.shape
+    dtype = x.dtype
+    # highest order: A = sum_{i,k} U[..., i, k] W[s, k, c] x[b, c, i]
+    U = Us[corr - 1]
+    W = jnp.take(weights[corr - 1], species, axis=0)  # (N, P, C)
+    lead_shape = U.shape[:lead]
+    A = jnp.zeros((N, C) + U.shape[:-2], dtype)
+    for sls, ks in _block_groups(U, lead, block_slices):
+        Ub = jnp.asarray(U[(slice(None),) * lead + sls + (ks,)], dtype)
+        xb = x[:, :, sls[-1]]
+        wb = W[:, ks, :]
+        nlet = Ub.ndim - 2  # leading + coupling axes except the contracted one
+        letters = "abdfghjlmoq"[:nlet]
+        contrib = jnp.einsum(f"{letters}ik,nkc,nci->nc{letters}", Ub, wb, xb)
+        idx = (slice(None), slice(None)) + ((slice(None),) * lead) + sls[:-1]
+        A = A.at[idx].add(contrib)
+    # lower orders
+    for nu in range(corr - 1, 0, -1):
+        U = jnp.asarray(Us[nu - 1], dtype)
+        W = jnp.take(weights[nu - 1], species, axis=0)
+        nlet = U.ndim - 1
+        letters = "abdfghjlmoq"[:nlet]
+        A = A + jnp.einsum(f"{letters}k,nkc->nc{letters}", U, W)
+        A = jnp.einsum(f"nc{letters[:-1]}i,nci->nc{letters[:-1]}", A, x)
+    return A if lead else A.reshape(N, C)
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class LayerSpec:
+    interaction: str
+    node_feats_irreps: tuple
+    edge_irreps: tuple
+    target_irreps: tuple
+    hidden_irreps_out: tuple
+    irreps_mid: tuple
+    conv_instructions: tuple
+    skip_irreps_out: tuple
+    correlation: int
+    avg_num_neighbors: float
+    radial_mlp: tuple
+    radial_act_cst: float
+    readout: tuple  # ("linear",) or ("nonlinear", mlp_dim, act, act_cst)
+
+
+class MACE(nn.Module):
+    """Flax MACE. ``__call__(species, vectors, senders, receivers, node_mask, edge_mask)``."""
+
+    atomic_numbers: tuple
+    r_max: float
+    num_bessel: int
+    p_cutoff: int
+    max_ell: int
+    layers: tuple
+    n_heads: int
+    head_index: int
+    agnesi: tuple | None  # (q, p, a)
+    zbl: tuple | None  # (p, a_exp, a_prefactor, c0, c1, c2, c3)
+    radial_act: str
+    constants: Constants = field(compare=True)
+
+    def _radii(self, dtype):
+        return jnp.asarray(self.constants["covalent_radii"], dtype) if "covalent_radii" in self.constants else None
+
+    @nn.compact
+    def __call__(self, species, vectors, senders, receivers, node_mask, edge_mask):
+        dtype = vectors.dtype
+        S = len(self.atomic_numbers)
+        N = species.shape[0]
+        z_table = jnp.asarray(np.asarray(self.atomic_numbers), jnp.int32)
+        z = z_table[species]
+        one_hot = jax.nn.one_hot(species, S, dtype=dtype)
+        h = self.head_index
+
+        e0 = self.param("atomic_energies", nn.initializers.zeros, (self.n_heads, S), dtype)
+        scale = self.param("scale", nn.initializers.ones, (self.n_heads,), dtype)
+        shift = self.param("shift", nn.initializers.zeros, (self.n_heads,), dtype)
+
+        lengths = jnp.linalg.norm(vectors, axis=-1)
+        sh_irreps = I.spherical_harmonics_irreps(self.max_ell)
+        sh = e3nn_jax.spherical_harmonics(
+            I.irreps_str(sh_irreps), vectors, normalize=True, normalization="component"
+        ).array
+        cutoff = polynomial_envelope(lengths / self.r_max, self.p_cutoff)
+        r_in = lengths
+        if self.agnesi is not None:
+            q, p, a = self.agnesi
+            r_in = agnesi_transform(lengths, z[senders], z[receivers], q, p, a, self._radii(dtype))
+        freqs = jnp.asarray(self.constants["bessel_weights"], dtype)
+        pref = jnp.asarray(self.constants["bessel_prefactor"], dtype)
+        edge_feats = bessel_basis(r_in, freqs, pref) * cutoff[:, None]
+        edge_feats = jnp.where(edge_mask[:, None], edge_feats, 0.0)
+
+        pair = jnp.zeros((N,), dtype)
+        if self.zbl is not None:
+            p_z, a_exp, a_pref, *c = self.zbl
+            ez = zbl_edge_energy(lengths, z[senders], z[receivers], int(p_z), a_exp, a_pref, tuple(c), self._radii(dtype))
+            ez = jnp.where(edge_mask, ez, 0.0)
+            pair = jax.ops.segment_sum(ez, receivers, num_segments=N)
+
+        first = self.layers[0]
+        F0 = first.node_feats_irreps[0].mul
+        w_emb = self.param("node_embedding", nn.initializers.normal(1.0), (S * F0,), dtype)
+        feats = (one_hot @ w_emb.reshape(S, F0)) / math.sqrt(S)
+
+        node_es = [pair]
+        layer_scalars = []
+        act = ACTIVATIONS[self.radial_act]
+        for li, spec in enumerate(self.layers):
+            pre = f"interactions_{li}"
+            residual = "Residual" in spec.interaction
+            if residual:
+                w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.node_feats_irreps, S, spec.skip_irreps_out),), dtype)
+                sc = skip_tensor_product(feats, species, w_skip, spec.node_feats_irreps, S, spec.skip_irreps_out)
+            w_up = self.param(f"{pre}.linear_up", nn.initializers.normal(1.0), (linear_numel(spec.node_feats_irreps, spec.edge_irreps),), dtype)
+            up = linear(feats, spec.node_feats_irreps, spec.edge_irreps, w_up)
+            # radial MLP -> per-edge tensor-product weights
+            hdn = edge_feats
+            sizes = spec.radial_mlp
+            for k in range(len(sizes) - 1):
+                wk = self.param(f"{pre}.radial_mlp.{k}", nn.initializers.normal(1.0), (sizes[k], sizes[k + 1]), dtype)
+                hdn = hdn @ wk / math.sqrt(sizes[k])
+                if k < len(sizes) - 2:
+                    hdn = act(hdn) * spec.radial_act_cst
+            msg_e = conv_tensor_product(
+                up[senders], sh, hdn, spec.edge_irreps, sh_irreps, spec.irreps_mid, spec.conv_instructions
+            )
+            msg_e = jnp.where(edge_mask[:, None], msg_e, 0.0)
+            msg = jax.ops.segment_sum(msg_e, receivers, num_segments=N)
+            w_lin = self.param(f"{pre}.linear", nn.initializers.normal(1.0), (linear_numel(spec.irreps_mid, spec.target_irreps),), dtype)
+            msg = linear(msg, spec.irreps_mid, spec.target_irreps, w_lin) / spec.avg_num_neighbors
+            if not residual:
+                w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.target_irreps, S, spec.skip_irreps_out),), dtype)
+                msg = skip_tensor_product(msg, species, w_skip, spec.target_irreps, S, spec.skip_irreps_out)
+                sc = None
+            # product basis: reshape to (N, C, L) over the coupling irreps
+            target = spec.skip_irreps_out if not residual else spec.target_irreps
+            C = target[0].mul
+            parts, o = [], 0
+            for m in target:
+                parts.append(msg[:, o : o + m.mul * m.dim].reshape(N, m.mul, m.dim))
+                o += m.mul * m.dim
+            xr = jnp.concatenate(parts, axis=-1)
+            block_slices, o = [], 0
+            for m in target:
+                block_slices.append(slice(o, o + m.dim))
+                o += m.dim
+            pre_p = f"products_{li}"
+            outs = []
+            for j, mo in enumerate(spec.hidden_irreps_out):
+                Us = [self.constants[f"{pre_p}.contractions.{j}.U_matrix_{nu}"] for nu in range(1, spec.correlation + 1)]
+                ws = []
+                for nu in range(1, spec.correlation + 1):
+                    name = "weights_max" if nu == spec.correlation else f"weights_{spec.correlation - 1 - nu}"
+                    ws.append(self.param(f"{pre_p}.contractions.{j}.{name}", nn.initializers.normal(0.1), (S, Us[nu - 1].shape[-1], C), dtype))
+                lead = 1 if mo.l > 0 else 0
+                out_j = symmetric_contraction(xr, species, ws, Us, lead, block_slices)
+                outs.append(out_j.reshape(N, -1))
+            prod = jnp.concatenate(outs, axis=-1)
+            w_pl = self.param(f"{pre_p}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, spec.hidden_irreps_out),), dtype)
+            feats = linear(prod, spec.hidden_irreps_out, spec.hidden_irreps_out, w_pl)
+            if sc is not None:
+                feats = feats + sc
+            n_scalar = spec.hidden_irreps_out[0].mul if spec.hidden_irreps_out[0].l == 0 else 0
+            layer_scalars.append(feats[:, :n_scalar])
+            # readout
+            pre_r = f"readouts_{li}"
+            out_heads = (I.MulIr(self.n_heads, 0, 1),)
+            if spec.readout[0] == "linear":
+                w_r = self.param(f"{pre_r}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, out_heads),), dtype)
+                e = linear(feats, spec.hidden_irreps_out, out_heads, w_r)
+            else:
+                _, mlp_dim, act_name, act_cst = spec.readout
+                mlp_irreps = (I.MulIr(mlp_dim, 0, 1),)
+                w1 = self.param(f"{pre_r}.linear_1", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, mlp_irreps),), dtype)
+                hid = ACTIVATIONS[act_name](linear(feats, spec.hidden_irreps_out, mlp_irreps, w1)) * act_cst
+                if self.n_heads > 1:  # mace's mask_head: keep the hidden units of the chosen head
+                    per = mlp_dim // self.n_heads
+                    keep = (jnp.arange(mlp_dim) // per) == h
+                    hid = jnp.where(keep[None, :], hid, 0.0)
+                w2 = self.param(f"{pre_r}.linear_2", nn.initializers.normal(1.0), (linear_numel(mlp_irreps, out_heads),), dtype)
+                e = linear(hid, mlp_irreps, out_heads, w2)
+            node_es.append(e[:, h])
+
+        inter = sum(node_es)
+        inter = scale[h] * inter + shift[h]
+        node_energy = e0[h][species] + inter
+        node_energy = jnp.where(node_mask, node_energy, 0.0)
+        return {"node_energy": node_energy, "descriptors": jnp.concatenate(layer_scalars, axis=-1)}
+
+
+# ---------------------------------------------------------------------- construction
+def _irr(s) -> tuple:
+    return I.parse_irreps(s) if isinstance(s, str) else tuple(I.MulIr(*m) for m in s)
+
+
+def layer_specs(config: dict) -> tuple:
+    """Derive every per-layer shape from the JSON config exactly as mace-torch's constructor does."""
+    sh_irreps = I.spherical_harmonics_irreps(config["max_ell"])
+    specs = []
+    for lc in config["layers"]:
+        node_irreps = _irr(lc["node_feats_irreps"])
+        edge_irreps = _irr(lc.get("edge_irreps") or lc["node_feats_irreps"])
+        target = _irr(lc["target_irreps"])
+        hidden_out = _irr(lc["hidden_irreps_out"])
+        mid, ins = I.tp_out_irreps_with_instructions(edge_irreps, sh_irreps, target)
+        residual = "Residual" in lc["interaction"]
+        skip_out = hidden_out if residual else target
+        numel = sum(edge_irreps[i1].mul for i1, _, _ in ins)
+        ro = lc["readout"]
+        readout = ("linear",) if ro["type"] == "linear" else ("nonlinear", int(ro["mlp_dim"]), ro["act"], float(ro["act_cst"]))
+        specs.append(
+            LayerSpec(
+                interaction=lc["interaction"],
+                node_feats_irreps=node_irreps,
+                edge_irreps=edge_irreps,
+                target_irreps=target,
+                hidden_irreps_out=hidden_out,
+                irreps_mid=mid,
+                conv_instructions=tuple(ins),
+                skip_irreps_out=skip_out,
+                correlation=int(lc["correlation"]),
+                avg_num_neighbors=float(lc["avg_num_neighbors"]),
+                radial_mlp=tuple([config["num_bessel"]] + list(lc["radial_mlp"]) + [numel]),
+                radial_act_cst=float(lc["radial_act_cst"]),
+                readout=readout,
+            )
+        )
+    return tuple(specs)
+
+
+def default_head(heads) -> str:
+    """mace-torch's choice when no head is named: "Default" if present, else the last head."""
+    return "Default" if "Default" in heads else heads[-1]
+
+
+def build(config: dict, constants: dict | None = None) -> MACE:
+    """Flax module from a converted MACE config (``family: "mace"``) and its constants."""
+    if constants is None:
+        raise ValueError("a MACE model needs its constants (U matrices, Bessel frequencies); load it with jaxuft.load")
+    heads = list(config.get("heads", ["Default"]))
+    head = config.get("head") or default_head(heads)
+    if head not in heads:
+        raise ValueError(f"head {head!r} not in the model's heads {heads}")
+    agn = config.get("distance_transform")
+    zbl = config.get("pair_repulsion")
+    return MACE(
+        atomic_numbers=tuple(int(z) for z in config["atomic_numbers"]),
+        r_max=float(config["r_max"]),
+        num_bessel=int(config["num_bessel"]),
+        p_cutoff=int(config["num_polynomial_cutoff"]),
+        max_ell=int(config["max_ell"]),
+        layers=layer_specs(config),
+        n_heads=len(heads),
+        head_index=heads.index(head),
+        agnesi=None if not agn else (float(agn["q"]), float(agn["p"]), float(agn["a"])),
+        zbl=None if not zbl else (int(zbl["p"]), float(zbl["a_exp"]), float(zbl["a_prefactor"]), *map(float, zbl["c"])),
+        radial_act=config.get("radial_activation", "silu"),
+        constants=Constants(constants),
+    )
