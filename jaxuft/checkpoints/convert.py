@@ -15,14 +15,9 @@ from ..errors import CheckpointError
 from .format import save_model, sha256_file
 from .torch_pickle import read_checkpoint
 
-#: torch.fx GraphModules (mace's symmetric contractions) pickle their generated source;
-#: the safe reader keeps them as inert placeholders, never compiling or running it.
-ALLOW_PREFIXES = ("torch.fx.",)
-
-
 def convert_to_memory(src: str | os.PathLike, head: str | None = None) -> tuple[dict, dict]:
     """Read and convert ``src``; returns ``(config, tree)`` with ``tree = {"params", "constants"}``."""
-    obj = read_checkpoint(src, allow_prefixes=ALLOW_PREFIXES)
+    obj = read_checkpoint(src)
     from . import mace
 
     if mace.looks_like_mace(obj):

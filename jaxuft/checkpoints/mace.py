@@ -221,6 +221,7 @@ def convert_mace(model, head: str | None = None) -> tuple[dict, dict, dict]:
     params["scale"] = np.broadcast_to(scale, (len(heads),)).copy()
     params["shift"] = np.broadcast_to(shift, (len(heads),)).copy()
 
+    _verify_wigner_buffers(take)
     left = take.leftovers(_ignorable)
     if left:
         raise CheckpointError(f"MACE conversion left torch parameters unused (unsupported feature?): {left[:8]}")
@@ -241,6 +242,25 @@ def convert_mace(model, head: str | None = None) -> tuple[dict, dict, dict]:
     }
     _check_shapes(config, params, constants, model)
     return config, {k: np.asarray(v) for k, v in params.items()}, constants
+
+
+def _verify_wigner_buffers(take: _Taker) -> None:
+    """e3nn's compiled tensor products store their Wigner-3j tensors: check ours equal them."""
+    import re
+
+    pat = re.compile(r"\._w3j_(\d+)_(\d+)_(\d+)$")
+    for key, value in take.state.items():
+        m = pat.search(key)
+        if not m:
+            continue
+        l1, l2, l3 = map(int, m.groups())
+        ours = I.wigner_3j(l1, l2, l3)
+        if value.shape != ours.shape or not np.allclose(value, ours, atol=1e-6):
+            raise CheckpointError(
+                f"{key}: the checkpoint's Wigner-3j tensor differs from jaxuft's e3nn-0.4 convention; "
+                "this e3nn version is not supported"
+            )
+        take.used.add(key)
 
 
 def _check_shapes(config, params, constants, model) -> None:

@@ -119,7 +119,9 @@ def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
             ws = jnp.take(w, species, axis=1)  # (u, N, w)
             sign = float(np.sign(I.wigner_3j(mi.l, 0, mo.l)[0, 0, 0]))
             acc = acc + sign * jnp.einsum("num,unw->nwm", xi, ws)
-        outs.append((acc / math.sqrt(fan)).reshape(x.shape[0], -1))
+        if fan:  # an output no input reaches stays zero, as in e3nn
+            acc = acc / math.sqrt(fan)
+        outs.append(acc.reshape(x.shape[0], -1))
     return jnp.concatenate(outs, axis=-1)
 
 
