@@ -30,10 +30,17 @@ class Calculator(_AseCalculator):
 
             potential = load(potential, dtype=dtype)
         self.potential = potential
+        #: padded (n_nodes, n_edges) kept across calls so that a trajectory or an
+        #: optimisation reuses one compiled function; grows with 15 % headroom when exceeded
+        self.capacity: tuple[int, int] | None = None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        res = self.potential.predict(self.atoms)
+        hosts = self.potential.host_graphs([self.atoms])
+        fits = self.capacity is not None and self.potential.capacity_for(hosts, self.capacity) == self.capacity
+        if not fits:
+            self.capacity = self.potential.capacity_for(hosts, None, headroom=1.15)
+        res = self.potential.predict(self.atoms, capacity=self.capacity)
         self.results = {
             "energy": res["energy"],
             "free_energy": res["energy"],

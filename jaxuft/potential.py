@@ -24,7 +24,8 @@ import numpy as np
 from ase import Atoms
 
 from .graph import Graph, edge_vectors, graph_sum
-from .structures import SpeciesMap, atoms_to_graph
+from .graph import bucket_size
+from .structures import SpeciesMap, atoms_to_graph, atoms_to_host_graph, batch_host_graphs
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -156,13 +157,20 @@ class Potential:
         """A padded graph of one structure or a list of structures."""
         return atoms_to_graph(atoms, self.species_map, self.cutoff, dtype=self.dtype)
 
-    def predict(self, atoms: Atoms | Sequence[Atoms]):
+    def host_graphs(self, frames: Sequence[Atoms]):
+        return [atoms_to_host_graph(a, self.species_map, self.cutoff, label=f"structure {k}") for k, a in enumerate(frames)]
+
+    def predict(self, atoms: Atoms | Sequence[Atoms], capacity: tuple[int, int] | None = None):
         """Energy (eV), forces (eV/Å), stress (Voigt, eV/Å³) and per-atom energies.
 
-        One dict for an ``Atoms``, a list of dicts for a sequence.
+        One dict for an ``Atoms``, a list of dicts for a sequence.  ``capacity``
+        ``(n_nodes, n_edges)`` pads to at least these sizes (so a caller can keep
+        one compiled shape across similar structures); see :meth:`capacity_for`.
         """
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
-        graph = self.graph(frames)
+        hosts = self.host_graphs(frames)
+        n_cap, e_cap = self.capacity_for(hosts, capacity)
+        graph = batch_host_graphs(hosts, dtype=self.dtype, n_node_capacity=n_cap, n_edge_capacity=e_cap)
         out = jax.device_get(self.compiled("efs")(self.params, graph))
         results, start = [], 0
         for k, a in enumerate(frames):
@@ -177,6 +185,15 @@ class Potential:
             results.append(res)
             start += n
         return results[0] if isinstance(atoms, Atoms) else results
+
+    @staticmethod
+    def capacity_for(hosts, capacity=None, headroom: float = 1.0) -> tuple[int, int]:
+        """Padded sizes for ``hosts``: the given ``capacity`` if it fits, else new buckets."""
+        need_n = sum(h.n_nodes for h in hosts) + 1
+        need_e = sum(h.n_edges for h in hosts)
+        if capacity is not None and capacity[0] >= need_n and capacity[1] >= need_e:
+            return capacity
+        return bucket_size(need_n), bucket_size(int(need_e * headroom) + 1)
 
     def descriptors(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
         """Per-atom invariant descriptors ``(n_atoms, n_features)`` (all frames stacked)."""

@@ -17,7 +17,12 @@ from ..models import irreps as I
 from ..models.mace import default_head, layer_specs, linear_numel, skip_numel
 
 SUPPORTED_MODELS = {"mace.modules.models.ScaleShiftMACE", "mace.modules.models.MACE"}
-SUPPORTED_INTERACTIONS = {"RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock"}
+SUPPORTED_INTERACTIONS = {
+    "RealAgnosticInteractionBlock",
+    "RealAgnosticResidualInteractionBlock",
+    "RealAgnosticDensityInteractionBlock",
+    "RealAgnosticDensityResidualInteractionBlock",
+}
 ACTIVATION_NAMES = {
     "torch.nn.functional.silu": "silu",
     "torch.tanh": "tanh",
@@ -196,6 +201,11 @@ def convert_mace(model, head: str | None = None) -> tuple[dict, dict, dict]:
             params[f"interactions_{i}.radial_mlp.{k}"] = take(f"{pre}.conv_tp_weights.layer{k}.weight")
         params[f"interactions_{i}.linear"] = take(f"{pre}.linear.weight")
         params[f"interactions_{i}.skip_tp"] = take(f"{pre}.skip_tp.weight")
+        if "Density" in kind:
+            dfn = inter.density_fn
+            if len(dfn._modules) != 1:
+                raise CheckpointError(f"interaction {i}: unexpected density network depth {len(dfn._modules)}")
+            params[f"interactions_{i}.density_fn"] = take(f"{pre}.density_fn.layer0.weight")
         n_out = len(prod.symmetric_contractions.contractions)
         for j in range(n_out):
             c = f"products.{i}.symmetric_contractions.contractions.{j}"

@@ -294,7 +294,15 @@ class MACE(nn.Module):
             msg_e = jnp.where(edge_mask[:, None], msg_e, 0.0)
             msg = jax.ops.segment_sum(msg_e, receivers, num_segments=N)
             w_lin = self.param(f"{pre}.linear", nn.initializers.normal(1.0), (linear_numel(spec.irreps_mid, spec.target_irreps),), dtype)
-            msg = linear(msg, spec.irreps_mid, spec.target_irreps, w_lin) / spec.avg_num_neighbors
+            msg = linear(msg, spec.irreps_mid, spec.target_irreps, w_lin)
+            if "Density" in spec.interaction:  # MPA-0: normalise by a learned smooth neighbour density
+                w_den = self.param(f"{pre}.density_fn", nn.initializers.normal(1.0), (self.num_bessel, 1), dtype)
+                dens_e = jnp.tanh((edge_feats @ w_den / math.sqrt(self.num_bessel))[:, 0] ** 2)
+                dens_e = jnp.where(edge_mask, dens_e, 0.0)
+                density = jax.ops.segment_sum(dens_e, receivers, num_segments=N)
+                msg = msg / (density[:, None] + 1.0)
+            else:
+                msg = msg / spec.avg_num_neighbors
             if not residual:
                 w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.target_irreps, S, spec.skip_irreps_out),), dtype)
                 msg = skip_tensor_product(msg, species, w_skip, spec.target_irreps, S, spec.skip_irreps_out)
