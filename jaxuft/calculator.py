@@ -37,10 +37,8 @@ class Calculator(_AseCalculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         hosts = self.potential.host_graphs([self.atoms])
-        fits = self.capacity is not None and self.potential.capacity_for(hosts, self.capacity) == self.capacity
-        if not fits:
-            self.capacity = self.potential.capacity_for(hosts, None, headroom=1.15)
-        res = self.potential.predict(self.atoms, capacity=self.capacity)
+        self.capacity = self.potential.capacity_for(hosts, self.capacity, headroom=1.15)
+        res = self.potential.predict(self.atoms, capacity=self.capacity, hosts=hosts)
         self.results = {
             "energy": res["energy"],
             "free_energy": res["energy"],

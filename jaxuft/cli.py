@@ -55,8 +55,11 @@ def _cmd_predict(args) -> int:
         raise SystemExit(f"jaxuft predict: cannot read {args.input}: {exc}") from None
     if not frames:
         raise SystemExit(f"jaxuft predict: {args.input} holds no structures")
+    capacity = None  # one padded shape for similar frames: compile once, not per frame
     for k, atoms in enumerate(tqdm(frames, desc="predict", unit="frame", disable=args.quiet)):
-        res = pot.predict(atoms)
+        hosts = pot.host_graphs([atoms])
+        capacity = pot.capacity_for(hosts, capacity, headroom=1.1)
+        res = pot.predict(atoms, capacity=capacity, hosts=hosts)
         new = atoms.copy()
         results = {"energy": res["energy"], "free_energy": res["energy"], "forces": res["forces"], "energies": res["energies"]}
         if "stress" in res:

@@ -160,7 +160,7 @@ class Potential:
     def host_graphs(self, frames: Sequence[Atoms]):
         return [atoms_to_host_graph(a, self.species_map, self.cutoff, label=f"structure {k}") for k, a in enumerate(frames)]
 
-    def predict(self, atoms: Atoms | Sequence[Atoms], capacity: tuple[int, int] | None = None):
+    def predict(self, atoms: Atoms | Sequence[Atoms], capacity: tuple[int, int] | None = None, hosts=None):
         """Energy (eV), forces (eV/Å), stress (Voigt, eV/Å³) and per-atom energies.
 
         One dict for an ``Atoms``, a list of dicts for a sequence.  ``capacity``
@@ -168,7 +168,7 @@ class Potential:
         one compiled shape across similar structures); see :meth:`capacity_for`.
         """
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
-        hosts = self.host_graphs(frames)
+        hosts = self.host_graphs(frames) if hosts is None else hosts
         n_cap, e_cap = self.capacity_for(hosts, capacity)
         graph = batch_host_graphs(hosts, dtype=self.dtype, n_node_capacity=n_cap, n_edge_capacity=e_cap)
         out = jax.device_get(self.compiled("efs")(self.params, graph))
@@ -188,12 +188,19 @@ class Potential:
 
     @staticmethod
     def capacity_for(hosts, capacity=None, headroom: float = 1.0) -> tuple[int, int]:
-        """Padded sizes for ``hosts``: the given ``capacity`` if it fits, else new buckets."""
+        """Padded sizes for ``hosts``: the given ``capacity`` if it fits, else a grown one.
+
+        Growing never shrinks either dimension, so a stream of structures settles
+        on one compiled shape; ``headroom`` leaves room for neighbour-count changes.
+        """
         need_n = sum(h.n_nodes for h in hosts) + 1
         need_e = sum(h.n_edges for h in hosts)
         if capacity is not None and capacity[0] >= need_n and capacity[1] >= need_e:
             return capacity
-        return bucket_size(need_n), bucket_size(int(need_e * headroom) + 1)
+        new = (bucket_size(need_n), bucket_size(int(need_e * headroom) + 1))
+        if capacity is not None:
+            new = (max(new[0], capacity[0]), max(new[1], capacity[1]))
+        return new
 
     def descriptors(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
         """Per-atom invariant descriptors ``(n_atoms, n_features)`` (all frames stacked)."""

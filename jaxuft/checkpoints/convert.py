@@ -29,7 +29,7 @@ def convert_to_memory(src: str | os.PathLike, head: str | None = None) -> tuple[
         sevennet = None
     if sevennet is not None and sevennet.looks_like_sevennet(obj):
         config, params = sevennet.convert_sevennet(obj)[:2]
-        return config, {"params": params, "constants": {}}
+        return config, {"params": params}
     kind = getattr(obj, "qualname", type(obj).__name__)
     keys = list(obj.keys())[:8] if isinstance(obj, dict) else None
     raise CheckpointError(
