@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="energies, forces and stresses for every frame of a structure file")
     p.add_argument("input", help="structure file ASE can read (extxyz, traj, cif, POSCAR, ...)")
     p.add_argument("-o", "--output", required=True, help="output extxyz with energy/forces/stress results")
-    p.add_argument("--model", required=True, help="converted model directory, torch checkpoint, or model-zoo name")
+    p.add_argument("--model", default="sevennet-0",
+                   help="converted model directory, torch checkpoint, or model-zoo name (default: sevennet-0, "
+                        "the built-in foundation model, fetched from the package index on first use)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--index", default=":", help="frames to read (ASE index syntax, default all)")
     p.add_argument("-q", "--quiet", action="store_true")
