@@ -1,0 +1,197 @@
+"""``jaxuft qres``: fit a Q-residual model on training structures and score new frames.
+
+    jaxuft qres fit --descriptor soap [--r-cut 5 --n-max 8 --l-max 6 --sigma 0.375] TRAIN.xyz... -o pca.npz
+    jaxuft qres fit --descriptor model --model sevennet-0 TRAIN.xyz... -o pca.npz
+    jaxuft qres score pca.npz FRAMES.xyz... -o OUT/
+
+``register(subparsers)`` adds the ``qres`` command to the main parser; every leaf
+sets ``func`` (call ``args.func(args)``).  ``python -m jaxuft.uq.cli ...`` also works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``qres fit`` and ``qres score`` to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "qres",
+        help="Q-residual uncertainty: fit a PCA on training descriptors, score frames",
+        description="Q-residual uncertainty from per-atom descriptors (SOAP or the model's own) and PCA.",
+    )
+    sub = p.add_subparsers(dest="qres_command", metavar="{fit,score}")
+    sub.required = True
+
+    f = sub.add_parser("fit", help="fit a PCA (and per-element limits) on training structures")
+    f.add_argument("train", nargs="+", metavar="TRAIN.xyz", help="training structures (any ASE-readable file)")
+    f.add_argument("-o", "--output", required=True, metavar="PCA_FILE", help="where to write the fitted model (.npz)")
+    f.add_argument("--descriptor", choices=("soap", "model"), default="soap", help="per-atom descriptor (default: soap)")
+    f.add_argument("--model", default=None, help="model name or path for --descriptor model (default: sevennet-0)")
+    f.add_argument("--species", nargs="+", default=None, help="SOAP species (default: the elements of the training data)")
+    f.add_argument("--r-cut", type=float, default=5.0, help="SOAP cutoff in Å (default 5.0)")
+    f.add_argument("--n-max", type=int, default=8, help="SOAP radial basis size (default 8)")
+    f.add_argument("--l-max", type=int, default=6, help="SOAP maximum degree (default 6)")
+    f.add_argument("--sigma", type=float, default=0.375, help="SOAP Gaussian width in Å (default 0.375)")
+    f.add_argument("--no-periodic", action="store_true", help="ignore periodic images in SOAP")
+    f.add_argument("--n-components", type=_n_components, default=5, help="int, or a float in (0,1) variance target (default 5)")
+    f.add_argument("--scale", action="store_true", help="standardise features before PCA")
+    f.add_argument("--n-sigma", type=float, default=2.0, help="per-element limit = mean + n_sigma * std of training Q (default 2)")
+    f.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    f.add_argument("--index", default=":", help="ASE index of frames to read from each file (default ':')")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("score", help="Q and T² of frames under a fitted model: tables per element and per frame, plots")
+    s.add_argument("pca_file", metavar="PCA_FILE")
+    s.add_argument("frames", nargs="+", metavar="FRAMES.xyz")
+    s.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    s.add_argument("--model", default=None, help="override the model of a model-descriptor fit (name or path)")
+    s.add_argument("--index", default=":", help="ASE index of frames to read from each file (default ':')")
+    s.add_argument("--no-plots", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_score)
+    return p
+
+
+def _n_components(text: str):
+    v = float(text)
+    if v.is_integer() and v >= 1:
+        return int(v)
+    if 0.0 < v < 1.0:
+        return v
+    raise argparse.ArgumentTypeError(f"expected a positive integer or a fraction in (0, 1), got {text}")
+
+
+def _read(paths, index):
+    import ase.io
+
+    frames, sources = [], []
+    for p in paths:
+        if not Path(p).exists():
+            raise SystemExit(f"error: {p} does not exist")
+        got = ase.io.read(p, index)
+        got = [got] if not isinstance(got, list) else got
+        frames.extend(got)
+        sources.append(str(p))
+    if not frames:
+        raise SystemExit("error: no structures read")
+    return frames, sources
+
+
+def _say(args, *msg):
+    if not getattr(args, "quiet", False):
+        print(*msg)
+
+
+def cmd_fit(args) -> int:
+    from .analysis import element_table, fit_qres, format_element_table
+    from .descriptors import ModelDescriptor, soap_descriptor, species_of
+
+    frames, sources = _read(args.train, args.index)
+    if args.descriptor == "soap":
+        species = args.species or species_of(frames)
+        desc = soap_descriptor(species, args.r_cut, args.n_max, args.l_max, args.sigma, not args.no_periodic, args.dtype)
+    else:
+        desc = ModelDescriptor(args.model or "sevennet-0", dtype=args.dtype)
+    _say(args, f"{len(frames)} training frames ({sum(len(a) for a in frames)} atoms) from {len(sources)} file(s); {desc!r}")
+    fit = fit_qres(desc, frames, args.n_components, scale=args.scale, n_sigma=args.n_sigma, dtype=args.dtype,
+                   progress=not args.quiet, sources=sources)
+    path = fit.pca.save(args.output)
+    ratios = " ".join(f"{r:.4f}" for r in fit.pca.explained_variance_ratio_)
+    _say(args, f"PCA: {fit.pca.n_components_} components of {fit.pca.n_features_in_} features; explained variance ratio {ratios}")
+    _say(args, f"limits (95%): Q (Jackson–Mudholkar) {fit.pca.q_limit(0.95):.5g}, T² {fit.pca.t2_limit(0.95):.5g}")
+    table = element_table({"q": fit.q_train, "numbers": fit.numbers}, fit.limits)
+    _say(args, format_element_table(table, f"training Q per element (limit = mean + {args.n_sigma:g} std):"))
+    _say(args, f"wrote {path}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import numpy as np
+
+    from . import plots
+    from .aggregate import per_structure_element
+    from .analysis import element_table, format_element_table, frame_table, score_frames
+    from .descriptors import from_settings
+    from .limits import ElementLimits
+    from .pca import PCA
+
+    pca = PCA.load(args.pca_file)
+    meta = pca.metadata
+    if "descriptor" not in meta:
+        raise SystemExit(f"error: {args.pca_file} has no descriptor settings; fit it with `jaxuft qres fit`")
+    desc = from_settings(meta["descriptor"], potential=args.model)
+    limits = ElementLimits.from_dict(meta["element_limits"]) if "element_limits" in meta else None
+    frames, sources = _read(args.frames, args.index)
+    res = score_frames(pca, desc, frames, progress=not args.quiet)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    etab = element_table(res, limits)
+    ftab = frame_table(res, limits)
+    with open(out / "per_element.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        cols = ["count", "mean", "std", "median", "max"] + (["limit", "fraction_over"] if limits else [])
+        w.writerow(["element"] + cols)
+        for s, r in etab.items():
+            w.writerow([s] + [r[c] for c in cols])
+    with open(out / "per_frame.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        keys = list(ftab)
+        w.writerow(["frame"] + keys)
+        for k in range(len(res["frame_sizes"])):
+            w.writerow([k] + [ftab[c][k] if c != "flag" else int(ftab[c][k]) for c in keys])
+    np.savez(out / "scores.npz", q=res["q"], t2=res["t2"], scores=res["scores"], numbers=res["numbers"],
+             frame_sizes=res["frame_sizes"])
+    summary = {
+        "pca_file": str(args.pca_file),
+        "frames": sources,
+        "n_frames": int(len(res["frame_sizes"])),
+        "descriptor": meta["descriptor"],
+        "q_limit_jackson_mudholkar_95": pca.q_limit(0.95),
+        "t2_limit_95": pca.t2_limit(0.95),
+        "fraction_atoms_over_q_limit_jm95": float(np.mean(res["q"] > pca.q_limit(0.95))),
+        "fraction_atoms_over_t2_limit_95": float(np.mean(res["t2"] > pca.t2_limit(0.95))),
+        "per_element": etab,
+        "frames_flagged": int(np.sum(ftab["flag"])) if "flag" in ftab else None,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _say(args, format_element_table(etab, f"Q per element of {summary['n_frames']} frames:"))
+    if "flag" in ftab:
+        _say(args, f"frames with an atom above its element's limit: {summary['frames_flagged']} of {summary['n_frames']}")
+
+    if not args.no_plots:
+        extra = getattr(pca, "extra_arrays", {})
+        sets = {}
+        if "train_scores" in extra:
+            sets["training"] = extra["train_scores"]
+        sets["scored"] = res["scores"]
+        if pca.n_components_ >= 2:
+            plots.pc_scatter(sets, out / "pc_scatter.png", explained_ratio=pca.explained_variance_ratio_)
+        symbols, table = per_structure_element(res["q"], res["numbers"], res["frame_sizes"], "mean")
+        plots.q_timeseries(np.arange(len(res["frame_sizes"])), table, symbols, out / "q_timeseries.png", limits=limits,
+                           title="mean Q per element")
+        dists = {}
+        if "train_q" in extra and "train_numbers" in extra:
+            dists["training"] = (extra["train_q"], extra["train_numbers"])
+        dists["scored"] = (res["q"], res["numbers"])
+        plots.q_distributions(dists, out / "q_distributions.png", limits=limits)
+    _say(args, f"wrote {out}/ (per_element.csv, per_frame.csv, scores.npz, summary.json{', plots' if not args.no_plots else ''})")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxuft")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
