@@ -1,0 +1,213 @@
+"""MD throughput: atom-steps/s for R = 1, 4, 16, 64 replicas, and mace-torch + ASE Langevin on the same weights.
+
+    python benchmarks/bench_md.py --quick                       # Morse toy, R = 1, 4 (a minute)
+    python benchmarks/bench_md.py --model sevennet-0 --model PATH_TO_CONVERTED_MACE
+    python benchmarks/bench_md.py --torch-model .cache/reference/models/mp0b-small-s0-float32-*.model
+
+Systems: the 197-atom paper frame (first frame of
+``../shared/paper-data/chclca/test/independent.xyz``; skipped with a message if absent)
+and a 64-atom cell (fcc Cu 2x2x4).  Ensemble: Langevin 300 K, 0.5 fs (the paper's step).
+Each measurement compiles once (first segment, timed separately), then times a second
+segment of ``--steps`` steps; ``cost/atom-step vs R=1`` is the per-atom-step wall time
+relative to one replica (the issue's goal: <= 0.7 at R = 16).
+
+``--torch-model M.model`` (a mace-torch file) loads the same weights into jaxuft (torch-free
+conversion) and runs mace-torch's ``MACECalculator`` with ASE's ``Langevin`` in the mace
+reference venv (``.venvs/mace``, see tests/reference/make_venvs.sh) on the same structure,
+so the single-trajectory speed-up is measured on identical weights in one run.
+Rows are appended to benchmarks/RESULTS.md (``--no-append`` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PAPER_FRAME = REPO.parent / "shared" / "paper-data" / "chclca" / "test" / "independent.xyz"
+MACE_PYTHON = REPO / ".venvs" / "mace" / "bin" / "python"
+
+TORCH_MD_SCRIPT = r"""
+import json, sys, time, warnings, os
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+warnings.filterwarnings("ignore")
+import numpy as np, torch
+from ase import units
+from ase.io import read
+from ase.md.langevin import Langevin
+from mace.calculators import MACECalculator
+model_path, structure, dtype, steps, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if threads > 0:
+    torch.set_num_threads(threads)
+atoms = read(structure, index=0)
+model = torch.load(model_path, weights_only=False, map_location="cpu")
+atoms.calc = MACECalculator(models=model, device="cpu", default_dtype=dtype)
+dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(0))
+t0 = time.perf_counter(); dyn.run(2); warm = time.perf_counter() - t0
+t0 = time.perf_counter(); dyn.run(steps); wall = time.perf_counter() - t0
+print(json.dumps({"steps": steps, "wall_s": wall, "warmup_s": warm, "atoms": len(atoms),
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "temperature": float(atoms.get_temperature())}))
+"""
+
+
+def systems(quick: bool):
+    from ase.build import bulk
+    from ase.io import read
+
+    out = {}
+    if PAPER_FRAME.exists():
+        out["paper-197"] = read(PAPER_FRAME, index=0)
+    else:
+        print(f"[bench_md] paper frame {PAPER_FRAME} not found: skipping the 197-atom system")
+    out["cu-64"] = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 4))
+    return out
+
+
+def load_model(name: str, dtype: str, atoms_for_morse):
+    if name == "morse":
+        from jaxuft.md.cli import builtin_morse
+
+        numbers = np.unique(np.concatenate([a.get_atomic_numbers() for a in atoms_for_morse]))
+        return builtin_morse(numbers, dtype)
+    import jaxuft
+
+    return jaxuft.load(name, dtype=dtype)
+
+
+def measure(pot, atoms, replicas: int, steps: int, dtype: str) -> dict:
+    from jaxuft import md
+
+    # throughput only: no safety stop may freeze a replica (a frozen replica costs nothing)
+    safety = md.Safety(max_temperature=1e9, min_distance=0.0)
+    sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety)
+    start = sim.init(atoms, replicas=replicas, seed=0)
+    t0 = time.perf_counter()
+    state, first = sim.run(start, n_steps=steps, record_every=steps, progress=False)
+    first_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, traj = sim.run(start, n_steps=steps, record_every=steps, progress=False)  # same work, compiled
+    wall = time.perf_counter() - t0
+    n = len(atoms)
+    return {
+        "replicas": replicas,
+        "atoms": n,
+        "ms_per_step": 1e3 * wall / steps,
+        "atom_steps_per_s": replicas * n * steps / wall,
+        "compile_s": first.report["compile_s"],
+        "first_segment_s": first_wall,
+        "recompilations": traj.report["compilations"],
+        "stopped": sum(s["status"] != "running" for s in traj.report["stops"]),
+        "capacity": sim.spec.capacity,
+        "images": sim.spec.images,
+    }
+
+
+def torch_reference(model_path: str, atoms, steps: int, dtype: str, threads: int) -> dict | None:
+    if not MACE_PYTHON.exists():
+        print(f"[bench_md] no mace reference venv at {MACE_PYTHON}: skipping mace-torch + ASE")
+        return None
+    from ase.io import write
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frame.traj"
+        write(path, atoms)
+        cmd = [str(MACE_PYTHON), "-c", TORCH_MD_SCRIPT, str(model_path), str(path), dtype, str(steps), str(threads)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        print(f"[bench_md] mace-torch reference failed:\n{res.stderr[-2000:]}")
+        return None
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["atom_steps_per_s"] = out["atoms"] * steps / out["wall_s"]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", default=None,
+                    help="model name/path (repeatable); 'morse' = built-in toy (default)")
+    ap.add_argument("--torch-model", default=None, help="mace-torch .model: also run mace-torch + ASE on the same weights")
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    ap.add_argument("--system", action="append", default=None, help="paper-197 and/or cu-64 (default both)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="skip a replica count when its estimated time exceeds this (from smaller R)")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
+    ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+
+    if args.quick:
+        args.replicas = [1, 4]
+        args.steps = min(args.steps, 10)
+    models = args.model or ([] if args.torch_model else ["morse"])
+    if args.torch_model:
+        models = models + [args.torch_model]
+    sys_atoms = systems(args.quick)
+    if args.system:
+        sys_atoms = {k: v for k, v in sys_atoms.items() if k in args.system}
+
+    import jax
+
+    rows, notes = [], []
+    for model in models:
+        pot = load_model(model, args.dtype, list(sys_atoms.values()))
+        label = Path(model).name if os.sep in model else model
+        for sname, atoms in sys_atoms.items():
+            base = None
+            for r in sorted(args.replicas):
+                if base is not None:
+                    est = base["ms_per_step"] / 1e3 * args.steps * 2 * r / base["replicas"]
+                    if est > args.budget_s:
+                        print(f"[bench_md] {label} {sname} R={r}: skipped (estimated {est:.0f} s > budget {args.budget_s:.0f} s)")
+                        notes.append(f"{label} {sname} R={r} skipped (estimated {est:.0f} s)")
+                        continue
+                m = measure(pot, atoms, r, args.steps, args.dtype)
+                if base is None:
+                    base = m
+                ratio = (m["ms_per_step"] / r) / (base["ms_per_step"] / base["replicas"])
+                row = [label, sname, m["atoms"], r, round(m["ms_per_step"], 2), round(m["atom_steps_per_s"]),
+                       round(ratio, 3), round(m["compile_s"], 1), m["recompilations"]]
+                rows.append(row)
+                print(f"[bench_md] {label:>24s} {sname:>9s} R={r:3d}: {m['ms_per_step']:9.2f} ms/step "
+                      f"{m['atom_steps_per_s']:10.0f} atom-steps/s  cost/atom-step vs R=1 {ratio:.3f}  "
+                      f"compile {m['compile_s']:.1f} s  images {m['images']}"
+                      + (f"  ({m['stopped']} replicas stopped!)" if m["stopped"] else ""), flush=True)
+    if args.torch_model:
+        for sname, atoms in sys_atoms.items():
+            ref = torch_reference(args.torch_model, atoms, args.steps, args.dtype, args.torch_threads)
+            if ref is None:
+                continue
+            ours = next((r for r in rows if r[0] == Path(args.torch_model).name and r[1] == sname and r[3] == 1), None)
+            speedup = (ours[5] / ref["atom_steps_per_s"]) if ours else float("nan")
+            rows.append([f"mace-torch {ref['torch']} + ASE Langevin ({ref['threads']} thr)", sname, ref["atoms"], 1,
+                         round(1e3 * ref["wall_s"] / args.steps, 2), round(ref["atom_steps_per_s"]), "-", "-", "-"])
+            notes.append(f"{sname}: jaxuft single trajectory / mace-torch+ASE = {speedup:.2f}x (same weights)")
+            print(f"[bench_md] mace-torch + ASE {sname}: {1e3 * ref['wall_s'] / args.steps:.1f} ms/step; "
+                  f"jaxuft/torch speed-up {speedup:.2f}x")
+
+    header = ["model", "system", "atoms", "replicas", "ms/step", "atom-steps/s", "cost/atom-step vs R=1",
+              "compile s", "recompiles"]
+    note = (f"Langevin 300 K, 0.5 fs, {args.dtype}, {args.steps} timed steps after a compiled warm-up segment; "
+            f"devices: {len(jax.devices())} x {jax.default_backend()}. " + " ".join(notes))
+    if not args.no_append and rows:
+        from benchmarks.results import append
+
+        append("MD throughput (bench_md.py)", header, rows, note)
+    else:
+        print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

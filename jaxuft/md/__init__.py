@@ -1,0 +1,60 @@
+"""Molecular dynamics on jax-md conventions: segments, vmapped replica ensembles, NPT.
+
+Quick start::
+
+    from jaxuft import md
+    sim = md.Simulation(potential, md.Langevin(timestep=1.0, temperature=300, friction=0.01))
+    state = sim.init(atoms, replicas=4, seed=0)          # validates input; compiles nothing
+    state, traj = sim.run(state, potential.params, n_steps=2000, record_every=20)
+    traj.write_extxyz("out"); traj.save_npz("out/traj.npz"); md.save_state(state, "out/state.npz")
+
+Units: fs, K, bar at the interface; eV, Å, amu inside (ASE units; momenta as ``Atoms.get_momenta()``).
+
+Design (see the module docstrings for details):
+
+* :mod:`~jaxuft.md.neighbors` -- on-device Verlet lists with a skin (rebuild when an atom
+  moved more than skin/2, NPT cell changes included), any triclinic cell, cells smaller
+  than twice the cutoff through explicit lattice images (integer ``shifts`` exactly as the
+  :class:`~jaxuft.graph.Graph` expects).  Fixed capacities; overflow is a flag, never silent.
+  Model edges are compacted to the pairs within the cutoff every step.
+* :mod:`~jaxuft.md.integrators` -- ``(init_fn, apply_fn)`` pairs: velocity Verlet, BAOAB
+  Langevin, Nosé–Hoover chains (jax-md's chain code), isotropic MTK NPT.
+* :mod:`~jaxuft.md.engine` -- :class:`Simulation`: replicas advance together under ``vmap``
+  in ``lax.scan`` chunks; forces are refreshed with the segment's params at its start; on
+  overflow the capacities grow and the chunk is rerun from its start state; safety stops
+  per replica; an observables hook (``fn(params, graph, extra)``) and a stop predicate run
+  inside the compiled scan; replicas are sharded over devices.  Params, temperatures,
+  pressures, limits and ``extra`` are runtime arguments: changing them compiles nothing.
+  Compiled segments are shared between Simulation objects with equal static settings
+  (define hook functions once: their identity is part of the compiled program).
+* :mod:`~jaxuft.md.trajectory` (extxyz per replica, npz), :mod:`~jaxuft.md.state`
+  (save/restore), :mod:`~jaxuft.md.compilation` (a reusable XLA compilation counter),
+  :mod:`~jaxuft.md.cli` (``jaxuft md``).
+* Differentiable: ``jax.grad`` through :meth:`Simulation.initial_state` +
+  :meth:`Simulation.segment` w.r.t. params and initial positions (``remat=True`` to
+  rematerialise each step).
+"""
+
+from .compilation import CompilationCounter
+from .engine import (
+    Diagnostics, Program, Safety, Simulation, System, compiled_segment, executable, initial_state, maxwell_boltzmann,
+    segment_fn, stop_reasons,
+)
+from .ensembles import NPT, NVE, Ensemble, Langevin, NoseHoover, make
+from .errors import CapacityError, MDInputError
+from .forces import ForceField, ForceOutput, jax_md_energy_fn, jax_md_space, replica_graph
+from .integrators import (
+    instantaneous_pressure, kinetic_energy, npt_nose_hoover, nve, nvt_langevin,
+    nvt_nose_hoover, temperature,
+)
+from .neighbors import NeighborList, NeighborSpec
+from .state import STATUS_KEYS, MDState, load_state, save_state
+from .trajectory import Trajectory
+
+__all__ = [
+    "CapacityError", "CompilationCounter", "Diagnostics", "Ensemble", "ForceField", "ForceOutput",
+    "Langevin", "MDInputError", "MDState", "NPT", "NVE", "NeighborList", "NeighborSpec", "NoseHoover",
+    "Program", "STATUS_KEYS", "Safety", "compiled_segment", "executable", "initial_state", "segment_fn", "Simulation", "System", "Trajectory", "instantaneous_pressure",
+    "jax_md_energy_fn", "jax_md_space", "kinetic_energy", "load_state", "make", "maxwell_boltzmann", "npt_nose_hoover",
+    "nve", "nvt_langevin", "nvt_nose_hoover", "replica_graph", "save_state", "stop_reasons", "temperature",
+]

@@ -1,0 +1,242 @@
+"""Integrators in jax-md's ``(init_fn, apply_fn)`` style, for one replica (vmap for ensembles).
+
+All take a ``force_fn(positions, cell, neighbors) -> (ForceOutput, neighbors)``
+that also keeps the neighbour list up to date, per-atom ``masses (N,)`` amu,
+and scalars in ASE units (``dt`` in ASE time, ``kT`` in eV, ``pressure`` in
+eV/Å³, ``friction`` in 1/ASE time, ``tau_*`` in ASE time).  Scalars may be
+traced values, so changing a temperature or timestep between segments does not
+recompile.
+
+``init_fn(positions, cell, momenta, neighbors, key)`` evaluates the forces and
+returns an :class:`~jaxuft.md.state.MDState`; ``apply_fn(state)`` does one step
+and returns ``(state, force_output)`` (the extra output carries the minimum pair
+distance and model-edge count the engine checks).
+
+* :func:`nve` — velocity Verlet.
+* :func:`nvt_langevin` — BAOAB Langevin (Leimkuhler & Matthews 2013).
+* :func:`nvt_nose_hoover` — Nosé–Hoover chain (Martyna, Klein, Tuckerman 1992),
+  chain updates by :func:`jax_md.simulate.nose_hoover_chain` (Suzuki–Yoshida).
+* :func:`npt_nose_hoover` — isotropic MTK barostat with Nosé–Hoover chains on atoms
+  and barostat (Martyna, Tobias, Klein 1994; Tuckerman et al. 2006), the scheme of
+  :func:`jax_md.simulate.npt_nose_hoover` in cartesian coordinates, any cell shape
+  (the cell is scaled uniformly), one force/stress evaluation per step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax_md import simulate
+
+from .state import RUNNING, MDState
+
+
+def kinetic_energy(momenta, masses):
+    """``sum p^2 / 2m`` (eV) for ``momenta (N, 3)`` and ``masses (N,)``."""
+    return 0.5 * jnp.sum(momenta * momenta / masses[:, None])
+
+
+def temperature(momenta, masses, kb):
+    """Instantaneous temperature ``2 KE / (3 N k_B)`` (K) with ``kb`` in eV/K."""
+    n = masses.shape[0]
+    return 2.0 * kinetic_energy(momenta, masses) / (3.0 * n * kb)
+
+
+def instantaneous_pressure(momenta, masses, stress, cell):
+    """``(2 KE - V tr(stress)) / 3V`` in eV/Å³ (stress with ASE sign, potential part)."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    return (2.0 * kinetic_energy(momenta, masses) - volume * jnp.trace(stress)) / (3.0 * volume)
+
+
+def _init_factory(force_fn, chain_length: int):
+    def init_fn(positions, cell, momenta, neighbors, key):
+        out, neighbors = force_fn(positions, cell, neighbors)
+        dtype = positions.dtype
+        zero = jnp.zeros((), dtype)
+        chain = jnp.zeros((chain_length,), dtype)
+        return MDState(
+            positions=positions,
+            momenta=momenta.astype(dtype),
+            forces=out.forces,
+            energy=out.energy,
+            stress=out.stress,
+            cell=cell,
+            reference_cell=cell,
+            box_position=zero,
+            box_momentum=zero,
+            thermostat_position=chain,
+            thermostat_momentum=chain,
+            barostat_position=chain,
+            barostat_momentum=chain,
+            key=key,
+            step=jnp.zeros((), jnp.int32),
+            status=jnp.full((), RUNNING, jnp.int32),
+            stop_value=zero,
+            neighbors=neighbors,
+        )
+
+    return init_fn
+
+
+def refresh(force_fn, state: MDState):
+    """Re-evaluate energy, forces and stress at the state's positions (updating its neighbour
+    list); returns ``(state, force_output)``.  Deterministic, so refreshing never changes a trajectory."""
+    out, nbrs = force_fn(state.positions, state.cell, state.neighbors)
+    return state._replace(forces=out.forces, energy=out.energy, stress=out.stress, neighbors=nbrs), out
+
+
+def _after_force(state: MDState, positions, momenta, out, neighbors, **changes) -> MDState:
+    return state._replace(
+        positions=positions,
+        momenta=momenta,
+        forces=out.forces,
+        energy=out.energy,
+        stress=out.stress,
+        neighbors=neighbors,
+        step=state.step + 1,
+        **changes,
+    )
+
+
+def nve(force_fn, masses, dt, chain_length: int = 1):
+    """Velocity Verlet (microcanonical)."""
+    m = masses[:, None]
+
+    def apply_fn(state: MDState):
+        p = state.momenta + 0.5 * dt * state.forces
+        x = state.positions + dt * p / m
+        out, nbrs = force_fn(x, state.cell, state.neighbors)
+        p = p + 0.5 * dt * out.forces
+        return _after_force(state, x, p, out, nbrs), out
+
+    return _init_factory(force_fn, chain_length), apply_fn
+
+
+def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1):
+    """BAOAB Langevin dynamics: ``friction`` (1/ASE time) couples every atom to a bath at ``kT``."""
+    m = masses[:, None]
+    c1 = jnp.exp(-friction * dt)
+    c2 = jnp.sqrt(1.0 - c1 * c1)
+
+    def apply_fn(state: MDState):
+        key, sub = jax.random.split(state.key)
+        p = state.momenta + 0.5 * dt * state.forces
+        x = state.positions + 0.5 * dt * p / m
+        noise = jax.random.normal(sub, p.shape, p.dtype)
+        p = c1 * p + c2 * jnp.sqrt(m * kT) * noise
+        x = x + 0.5 * dt * p / m
+        out, nbrs = force_fn(x, state.cell, state.neighbors)
+        p = p + 0.5 * dt * out.forces
+        return _after_force(state, x, p, out, nbrs, key=key), out
+
+    return _init_factory(force_fn, chain_length), apply_fn
+
+
+def _chain(position, momentum, kT, tau, ke, dof: int):
+    q = kT * tau * tau * jnp.ones_like(position)
+    q = q.at[0].multiply(dof)
+    return simulate.NoseHooverChain(position, momentum, q, tau, ke, dof)
+
+
+def nvt_nose_hoover(force_fn, masses, dt, kT, tau, chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3):
+    """Nosé–Hoover chain thermostat of period ``tau`` (ASE time) around velocity Verlet."""
+    if chain_length < 2:
+        raise ValueError("the Nosé–Hoover chain needs chain_length >= 2")
+    m = masses[:, None]
+    dof = 3 * masses.shape[0]
+    fns = simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau)
+
+    def apply_fn(state: MDState):
+        dtype = state.positions.dtype
+        c = _chain(state.thermostat_position, state.thermostat_momentum, kT, tau,
+                   kinetic_energy(state.momenta, masses), dof)
+        p, c = fns.half_step(state.momenta, c, kT)
+        p = p + 0.5 * dt * state.forces
+        x = state.positions + dt * p / m
+        out, nbrs = force_fn(x, state.cell, state.neighbors)
+        p = p + 0.5 * dt * out.forces
+        c = c.set(kinetic_energy=kinetic_energy(p, masses))
+        p, c = fns.half_step(p, c, kT)
+        return _after_force(
+            state, x, p.astype(dtype), out, nbrs,
+            thermostat_position=c.position.astype(dtype),
+            thermostat_momentum=c.momentum.astype(dtype),
+        ), out
+
+    return _init_factory(force_fn, chain_length), apply_fn
+
+
+def _sinhx_x(x):
+    """sinh(x)/x by its Taylor series (accurate for the small arguments used here)."""
+    x2 = x * x
+    return 1 + x2 / 6 + x2 * x2 / 120 + x2**3 / 5040 + x2**4 / 362_880
+
+
+def npt_nose_hoover(
+    force_fn, masses, dt, kT, pressure, tau_t, tau_p,
+    chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3,
+):
+    """Isotropic NPT: MTK barostat (period ``tau_p``) + Nosé–Hoover chains (``tau_t``).
+
+    The box degree of freedom is ``box_position = ln(V/V0)/3``; the cell is
+    ``exp(box_position) * reference_cell``, positions and cell move together.
+    Needs a fully periodic cell.  ``pressure`` in eV/Å³.
+    """
+    if chain_length < 2:
+        raise ValueError("the Nosé–Hoover chain needs chain_length >= 2")
+    m = masses[:, None]
+    n = masses.shape[0]
+    dof = 3 * n
+    alpha = 1.0 + 1.0 / n
+    thermostat = simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_t)
+    barostat = simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_p)
+    box_mass = 3.0 * (n + 1) * kT * tau_p * tau_p
+
+    def box_force(p, cell, stress):
+        volume = jnp.abs(jnp.linalg.det(cell))
+        ke2 = jnp.sum(p * p / m)
+        return alpha * ke2 - volume * jnp.trace(stress) - 3.0 * pressure * volume
+
+    def exp_il2(p, f, v_box):
+        x = alpha * v_box * dt * 0.5
+        return p * jnp.exp(-x) + 0.5 * dt * f * _sinhx_x(0.5 * x) * jnp.exp(-0.5 * x)
+
+    def exp_il1(r, v, v_box):
+        x = v_box * dt
+        return r * jnp.exp(x) + dt * v * jnp.exp(0.5 * x) * _sinhx_x(0.5 * x)
+
+    def apply_fn(state: MDState):
+        dtype = state.positions.dtype
+        p, pb = state.momenta, state.box_momentum
+        tc = _chain(state.thermostat_position, state.thermostat_momentum, kT, tau_t,
+                    kinetic_energy(p, masses), dof)
+        bc = _chain(state.barostat_position, state.barostat_momentum, kT, tau_p,
+                    0.5 * pb * pb / box_mass, 1)
+        pb, bc = barostat.half_step(pb, bc, kT)
+        p, tc = thermostat.half_step(p, tc, kT)
+
+        pb = pb + 0.5 * dt * box_force(p, state.cell, state.stress)
+        p = exp_il2(p, state.forces, pb / box_mass)
+        eps = state.box_position + pb / box_mass * dt
+        cell = jnp.exp(eps) * state.reference_cell
+        x = exp_il1(state.positions, p / m, pb / box_mass)
+        out, nbrs = force_fn(x, cell, state.neighbors)
+        p = exp_il2(p, out.forces, pb / box_mass)
+        pb = pb + 0.5 * dt * box_force(p, cell, out.stress)
+
+        tc = tc.set(kinetic_energy=kinetic_energy(p, masses))
+        bc = bc.set(kinetic_energy=0.5 * pb * pb / box_mass)
+        p, tc = thermostat.half_step(p, tc, kT)
+        pb, bc = barostat.half_step(pb, bc, kT)
+        return _after_force(
+            state, x, p.astype(dtype), out, nbrs,
+            cell=cell,
+            box_position=eps.astype(dtype),
+            box_momentum=pb.astype(dtype),
+            thermostat_position=tc.position.astype(dtype),
+            thermostat_momentum=tc.momentum.astype(dtype),
+            barostat_position=bc.position.astype(dtype),
+            barostat_momentum=bc.momentum.astype(dtype),
+        ), out
+
+    return _init_factory(force_fn, chain_length), apply_fn
