@@ -1,0 +1,69 @@
+"""Fine-tuning of jaxuft potentials with optax.
+
+    from jaxuft.finetune import finetune, FinetuneConfig, evaluate
+
+    result = finetune("sevennet-0", "train.xyz", out_dir="ft",
+                      config=FinetuneConfig(epochs=50, freeze="readouts", e0s="e0s.json"),
+                      replay="generate")
+    result.potential                     # fine-tuned Potential (MD reuses compiled code)
+    finetune(..., out_dir="ft", resume=True)   # continue an interrupted run exactly
+    print(format_report(evaluate(result.potential, "test.xyz")))
+
+Modules: ``data`` (frames, checks, padded batches), ``loss`` (weighted
+MSE/Huber), ``optim`` (optax, schedules, EMA, early stopping), ``params``
+(what trains), ``e0s``, ``trunk`` (frozen-trunk cache), ``replay``
+(forgetting), ``checkpoint``, ``history`` (CSV/JSON/plot), ``evaluation``,
+``trainer`` (the loop), ``cli`` (``jaxuft finetune`` / ``jaxuft evaluate``).
+"""
+
+import importlib
+
+#: public name -> submodule (imported lazily, so ``jaxuft --help`` stays fast)
+_EXPORTS = {
+    "DataError": "data",
+    "Frame": "data",
+    "read_frames": "data",
+    "E0Error": "e0s",
+    "EvalReport": "evaluation",
+    "evaluate": "evaluation",
+    "format_report": "evaluation",
+    "LossConfig": "loss",
+    "OptimConfig": "optim",
+    "FreezeError": "params",
+    "select_trainable": "params",
+    "FinetuneConfig": "trainer",
+    "FinetuneError": "trainer",
+    "FinetuneResult": "trainer",
+    "Trainer": "trainer",
+    "finetune": "trainer",
+    "save_potential": "trainer",
+    "TrunkCacheError": "trunk",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "DataError",
+    "E0Error",
+    "EvalReport",
+    "FinetuneConfig",
+    "FinetuneError",
+    "FinetuneResult",
+    "Frame",
+    "FreezeError",
+    "LossConfig",
+    "OptimConfig",
+    "Trainer",
+    "TrunkCacheError",
+    "evaluate",
+    "finetune",
+    "format_report",
+    "read_frames",
+    "save_potential",
+    "select_trainable",
+]
