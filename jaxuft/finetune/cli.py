@@ -177,21 +177,10 @@ def _cmd_evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Standalone entry (``python -m jaxuft.finetune.cli``) with the same subcommands."""
-    parser = argparse.ArgumentParser(prog="jaxuft")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register(sub)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
-    from ..errors import JaxuftError
+    """Standalone entry (``python -m jaxuft.finetune.cli``): the ``jaxuft`` command line."""
+    from ..cli import main as jaxuft_main
 
-    try:
-        return int(args.func(args) or 0)
-    except (JaxuftError, FileNotFoundError, FileExistsError) as exc:
-        print(f"jaxuft {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return jaxuft_main(argv)
 
 
 if __name__ == "__main__":
