@@ -43,8 +43,11 @@ def resolve_dtype(dtype) -> np.dtype:
 def cast_params(params, dtype):
     """Cast floating leaves of a params pytree to ``dtype`` (ints untouched)."""
     def cast(x):
-        x = jnp.asarray(x)
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        # numpy-side cast + device_put: jnp.asarray would compile a tiny program per new shape
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating):
+            x = x.astype(dtype, copy=False)
+        return jax.device_put(x)
 
     return jax.tree_util.tree_map(cast, params)
 
