@@ -215,7 +215,8 @@ def main(argv=None) -> int:
                    f"jaxuft converts the same .model), all non-buffer parameters train; {desc}; batch {args.batch_size}, "
                    f"{args.epochs} epochs (steady = epochs 2..{args.epochs}); loss E 1 / F 100 / S 1, AMSGrad lr 0.01, "
                    f"clip 10. mace-torch {t.get('mace', '-')} / torch {t.get('torch', '-')} with {t.get('threads', '-')} "
-                   f"threads, mace.tools.train.take_step."),
+                   f"threads, mace.tools.train.take_step. Load average at the end "
+                   f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)."),
         )
     else:
         w = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]

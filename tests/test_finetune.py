@@ -10,8 +10,6 @@ step factories are cached per architecture and settings).
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +23,9 @@ from jaxuft.finetune import (
     E0Error,
     FinetuneConfig,
     FinetuneError,
-    FreezeError,
     TrunkCacheError,
     evaluate,
     finetune,
-    format_report,
     read_frames,
 )
 from jaxuft.models.pair import morse_config, morse_params

@@ -3,8 +3,6 @@ batching, checkpoints, E0s, affine-leaf detection, replay structures, evaluation
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from ase.data import chemical_symbols
 
-from .data import FixedBatches, Frame, ShapePlan, prepare, read_frames
+from .data import FixedBatches, ShapePlan, prepare, read_frames
 from .loss import ErrorAccumulator, LossConfig, error_sums, loss_terms
 from .params import ParamSplit
 from .trunk import cached_predict

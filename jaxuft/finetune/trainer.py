@@ -52,7 +52,6 @@ from .data import (
     FixedBatches,
     batch_indices,
     collate,
-    Frame,
     ShapePlan,
     epoch_batches,
     fingerprint,
