@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .layers import polynomial_envelope
+
 #: name -> (function, e3nn normalize2mom constant).  Constants are
 #: ``moment(f, 2) ** -0.5`` as computed by e3nn (torch) 0.5/0.6:
 #: ``torch.randn(1_000_000, generator=Generator().manual_seed(0), dtype=float64)``.
@@ -241,16 +243,9 @@ def xplor_cutoff(r, r_on: float, r_cut: float):
 
 
 def nequip_polynomial_cutoff(r, r_cut: float, p: int):
-    """NequIP/DimeNet polynomial envelope (sevenn's ``PolynomialCutoff``), 0 beyond ``r_cut``."""
-    x = r / r_cut
-    p = float(p)
-    f = (
-        1.0
-        - (p + 1.0) * (p + 2.0) / 2.0 * x**p
-        + p * (p + 2.0) * x ** (p + 1.0)
-        - p * (p + 1.0) / 2.0 * x ** (p + 2.0)
-    )
-    return jnp.where(x < 1.0, f, 0.0)
+    """NequIP/DimeNet polynomial envelope (sevenn's ``PolynomialCutoff``), 0 beyond ``r_cut``:
+    the same envelope as MACE's, so the shared one."""
+    return polynomial_envelope(r / r_cut, p)
 
 
 @functools.lru_cache(maxsize=None)
