@@ -8,17 +8,21 @@ Public API::
     pot.descriptors(atoms)                            # (n_atoms, n_features)
 """
 
-from .api import convert, load
-from .calculator import Calculator
-from .errors import (
+from . import host_memory as _host_memory
+
+_host_memory.tune()  # before jax allocates: see jaxuft/host_memory.py (JAXUFT_TUNE_MALLOC=0 disables)
+
+from .api import convert, load  # noqa: E402
+from .calculator import Calculator  # noqa: E402
+from .errors import (  # noqa: E402
     CheckpointError,
     JaxuftError,
     StructureError,
     UnknownElementError,
     UnsafeCheckpointError,
 )
-from .graph import Graph
-from .potential import Potential
+from .graph import Graph  # noqa: E402
+from .potential import Potential  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -343,7 +343,9 @@ class Simulation:
                  (``sim.ensemble = sim.ensemble.with_(temperature=400)``: no recompilation
                  unless the kind or chain length changes)
     skin:        Verlet buffer, Å (rebuild when an atom moved more than skin/2)
-    headroom:    capacity factor over the largest pair count seen
+    headroom:    capacity factor of the Verlet list over the largest pair count seen
+    model_headroom: capacity factor of the pairs handed to the model (within the cutoff);
+                 tight, since every padded edge costs a model evaluation each step
     safety:      :class:`Safety`
     observables: ``fn(params, graph, extra) -> dict of arrays``, evaluated for each
                  replica at every recorded frame inside the compiled scan
@@ -366,6 +368,7 @@ class Simulation:
         *,
         skin: float = 0.5,
         headroom: float = 1.25,
+        model_headroom: float = 1.05,
         safety: Safety | None = None,
         observables: Callable | None = None,
         stop_if: Callable | None = None,
@@ -378,14 +381,15 @@ class Simulation:
     ):
         if not (skin > 0 and math.isfinite(skin)):
             raise MDInputError(f"skin must be a positive distance in Å, got {skin!r}")
-        if headroom < 1.0:
-            raise MDInputError("headroom must be >= 1")
+        if not (headroom >= 1.0 and model_headroom >= 1.0):
+            raise MDInputError(f"headroom and model_headroom must be >= 1, got {headroom!r}, {model_headroom!r}")
         if stop_if is not None and observables is None:
             raise MDInputError("stop_if needs an observables function")
         self.potential = potential
         self.ensemble = ensemble.validate()
         self.skin = float(skin)
         self.headroom = float(headroom)
+        self.model_headroom = float(model_headroom)
         self.safety = safety or Safety()
         self.observables = observables
         self.stop_if = stop_if
@@ -558,7 +562,7 @@ class Simulation:
             cutoff=float(self.potential.cutoff),
             skin=self.skin,
             capacity=int(cap0) if cap0 else nl.capacity_for(count, self.headroom),
-            model_capacity=int(mcap0) if mcap0 else nl.capacity_for(model_count, self.headroom),
+            model_capacity=int(mcap0) if mcap0 else nl.model_capacity_for(model_count, self.model_headroom),
             images=tuple(i if p else 0 for i, p in zip(img0, pbc)) if img0 is not None else images,
             pbc=pbc,
         )
@@ -632,7 +636,7 @@ class Simulation:
         model_count = int(np.max(d.max_model_count))
         images = tuple(int(max(a, b)) for a, b in zip(spec.images, np.max(d.max_images, axis=0)))
         capacity = nl.capacity_for(count, self.headroom) if count > spec.capacity else spec.capacity
-        model_capacity = (nl.capacity_for(model_count, self.headroom)
+        model_capacity = (nl.model_capacity_for(model_count, self.model_headroom)
                           if model_count > spec.model_capacity else spec.model_capacity)
         limit = n * n * int(np.prod([2 * i + 1 for i in images]))
         if min(capacity, model_capacity) > 2 * limit + 64:

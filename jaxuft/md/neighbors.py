@@ -287,3 +287,14 @@ def capacity_for(count: int, headroom: float) -> int:
     from ..graph import bucket_size
 
     return bucket_size(int(math.ceil(max(count, 1) * headroom)) + 8)
+
+
+def model_capacity_for(count: int, headroom: float, granularity: int = 128) -> int:
+    """The model-edge capacity: ``headroom`` above ``count``, rounded up to ``granularity``.
+
+    Every padded model edge costs a full edge evaluation of the model in every step, so
+    this is sized tightly (the Verlet list's own skin and headroom already bound how far
+    the count within the cutoff can move; an overflow only regrows and reruns a chunk).
+    """
+    need = int(math.ceil(max(count, 1) * headroom)) + 8
+    return -(-need // granularity) * granularity

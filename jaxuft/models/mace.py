@@ -84,8 +84,16 @@ def linear_numel(irreps_in, irreps_out) -> int:
     return sum(mi.mul * mo.mul for mi in irreps_in for mo in irreps_out if mi.ir == mo.ir)
 
 
-def conv_tensor_product(x1, sh, weights, irreps1, irreps_sh, irreps_mid, instructions):
-    """e3nn 'uvu' ``TensorProduct`` with per-edge weights (E, numel); returns (E, dim_mid)."""
+def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irreps_mid, instructions):
+    """e3nn 'uvu' ``TensorProduct`` with per-edge weights, summed onto the receivers.
+
+    x1: (E, dim1) sender features, sh: (E, dim_sh), weights: (E, numel) (zero on padding
+    edges); returns (n_nodes, dim_mid).  Per instruction,
+    ``msg[e, u, k] = w[e, u] * sum_i x1[e, u, i] * (sum_j sh[e, j] cg[i, j, k])``: the
+    spherical harmonics are coupled with the Clebsch-Gordan tensor first (a small matmul),
+    the channels are a broadcast multiply that XLA fuses into the segment sum's input,
+    and each instruction is summed on its own (no (E, dim_mid) concatenation).
+    """
     offs1, offs2 = I.offsets(irreps1), I.offsets(irreps_sh)
     outs, w_off = [], 0
     for i1, i2, k in instructions:
@@ -94,8 +102,14 @@ def conv_tensor_product(x1, sh, weights, irreps1, irreps_sh, irreps_mid, instruc
         b = sh[:, offs2[i2] : offs2[i2] + m2.dim]
         w = weights[:, w_off : w_off + m1.mul]
         w_off += m1.mul
-        cg = jnp.asarray(I.wigner_3j(m1.l, m2.l, mo.l) * math.sqrt(mo.dim), x1.dtype)
-        outs.append(jnp.einsum("eui,ej,ijk,eu->euk", a, b, cg, w).reshape(x1.shape[0], -1))
+        cg = I.wigner_3j(m1.l, m2.l, mo.l) * math.sqrt(mo.dim)  # (i, j, k)
+        bc = b @ jnp.asarray(np.transpose(cg, (1, 0, 2)).reshape(m2.dim, m1.dim * mo.dim), x1.dtype)
+        bc = bc.reshape(-1, m1.dim, mo.dim)  # (E, i, k)
+        aw = a * w[:, :, None]
+        acc = aw[:, :, 0, None] * bc[:, None, 0, :]
+        for i in range(1, m1.dim):
+            acc = acc + aw[:, :, i, None] * bc[:, None, i, :]
+        outs.append(jax.ops.segment_sum(acc.reshape(x1.shape[0], -1), receivers, num_segments=n_nodes))
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -116,9 +130,10 @@ def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
         for i, w in per_out[j]:
             mi = irreps_in[i]
             xi = x[:, offs[i] : offs[i] + mi.mul * mi.dim].reshape(-1, mi.mul, mi.dim)
-            ws = jnp.take(w, species, axis=1)  # (u, N, w)
+            # per-node (u, w) matrices, gathered as contiguous slabs so the batched dot needs no transpose
+            ws = jnp.take(jnp.swapaxes(w, 0, 1), species, axis=0)  # (N, u, w)
             sign = float(np.sign(I.wigner_3j(mi.l, 0, mo.l)[0, 0, 0]))
-            acc = acc + sign * jnp.einsum("num,unw->nwm", xi, ws)
+            acc = acc + sign * jnp.einsum("num,nuw->nwm", xi, ws)
         if fan:  # an output no input reaches stays zero, as in e3nn
             acc = acc / math.sqrt(fan)
         outs.append(acc.reshape(x.shape[0], -1))
@@ -130,65 +145,61 @@ def skip_numel(irreps_in, n_species, irreps_out) -> int:
 
 
 # ------------------------------------------------------------- symmetric contraction
-def _block_groups(U: np.ndarray, n_lead: int, block_slices):
-    """Group the paths (last axis) of U by the irrep blocks where they are non-zero.
+def contraction_plan(Us, lead: int):
+    """Host-side plan of mace-torch's ``Contraction`` as a sparse polynomial (numpy, exact).
 
-    Returns [(slices for each coupling axis, path indices)], so the contraction
-    only touches the dense sub-blocks (U is very sparse across irrep blocks).
+    The correlation-``nu`` term is ``sum_k W[k] sum_{i1..inu} U[m, i1..inu, k] x_i1 ... x_inu``;
+    the product of the ``x`` is symmetric in its indices, so the U entries (0.4 % of them are
+    non-zero) are summed onto the sorted index tuples.  Returns ``[(keys (T, nu), Q (T, M, K))]``
+    for nu = 1..correlation, ``M = 2l+1`` of the output (1 for scalars).
     """
-    nz = np.abs(U) > 0
-    groups: dict = {}
-    for k in range(U.shape[-1]):
-        mask = nz[..., k]
-        key = []
-        for ax in range(n_lead, mask.ndim):
-            other = tuple(a for a in range(mask.ndim) if a != ax)
-            used = mask.any(axis=other)
-            blocks = [b for b, sl in enumerate(block_slices) if used[sl].any()]
-            key.append((blocks[0], blocks[-1]) if blocks else None)
-        if any(kk is None for kk in key):
-            continue  # an all-zero path contributes nothing
-        groups.setdefault(tuple(key), []).append(k)
-    out = []
-    for key, ks in groups.items():
-        sls = tuple(slice(block_slices[b0].start, block_slices[b1].stop) for b0, b1 in key)
-        out.append((sls, np.asarray(ks)))
-    return out
+    plan = []
+    for U in Us:
+        U = np.asarray(U, np.float64)
+        if not lead:
+            U = U[None]
+        nz = np.argwhere(U != 0)
+        keys, inv = np.unique(np.sort(nz[:, 1:-1], axis=1), axis=0, return_inverse=True)
+        Q = np.zeros((len(keys), U.shape[0], U.shape[-1]))
+        np.add.at(Q, (inv.reshape(-1), nz[:, 0], nz[:, -1]), U[tuple(nz.T)])
+        plan.append((keys, Q))
+    return plan
 
 
-def symmetric_contraction(x, species, weights, Us, lead: int, block_slices):
+def symmetric_contraction(x, species, weights, Us, lead: int):
     """mace-torch ``Contraction`` for one output irrep.
 
     x: (N, C, L) node features over the coupling irreps; weights[nu-1]: (S, P_nu, C);
     Us[nu-1]: U tensor ``([2l+1,] L * nu, P_nu)``; lead = 1 if the output has l > 0.
     Returns (N, C, 2l+1) (or (N, C) for scalars).
+
+    Evaluated as ``out[n, c, m] = sum_k P[m, k, n, c] W[s_n, k, c]`` with
+    ``P = Q^T @ monomials(x)`` (see :func:`contraction_plan`): the monomials are rows
+    gathered from ``x`` laid out as ``(L, N*C)``, so forward and backward are a few
+    dense, well-vectorised ops instead of a dense ``L**nu`` contraction.
     """
-    corr = len(Us)
     N, C, L = x.shape
     dtype = x.dtype
-    # highest order: A = sum_{i,k} U[..., i, k] W[s, k, c] x[b, c, i]
-    U = Us[corr - 1]
-    W = jnp.take(weights[corr - 1], species, axis=0)  # (N, P, C)
-    lead_shape = U.shape[:lead]
-    A = jnp.zeros((N, C) + U.shape[:-2], dtype)
-    for sls, ks in _block_groups(U, lead, block_slices):
-        Ub = jnp.asarray(U[(slice(None),) * lead + sls + (ks,)], dtype)
-        xb = x[:, :, sls[-1]]
-        wb = W[:, ks, :]
-        nlet = Ub.ndim - 2  # leading + coupling axes except the contracted one
-        letters = "abdfghjlmoq"[:nlet]
-        contrib = jnp.einsum(f"{letters}ik,nkc,nci->nc{letters}", Ub, wb, xb)
-        idx = (slice(None), slice(None)) + ((slice(None),) * lead) + sls[:-1]
-        A = A.at[idx].add(contrib)
-    # lower orders
-    for nu in range(corr - 1, 0, -1):
-        U = jnp.asarray(Us[nu - 1], dtype)
-        W = jnp.take(weights[nu - 1], species, axis=0)
-        nlet = U.ndim - 1
-        letters = "abdfghjlmoq"[:nlet]
-        A = A + jnp.einsum(f"{letters}k,nkc->nc{letters}", U, W)
-        A = jnp.einsum(f"nc{letters[:-1]}i,nci->nc{letters[:-1]}", A, x)
-    return A if lead else A.reshape(N, C)
+    plan = contraction_plan(Us, lead)
+    xt = jnp.moveaxis(x, -1, 0).reshape(L, N * C)
+    monos = []
+    for keys, _ in plan:
+        m = xt[jnp.asarray(keys[:, 0])]
+        for j in range(1, keys.shape[1]):
+            m = m * xt[jnp.asarray(keys[:, j])]
+        monos.append(m)
+    mono = jnp.concatenate(monos, axis=0)  # (T, N*C)
+    T, M = mono.shape[0], plan[0][1].shape[1]
+    K = sum(Q.shape[-1] for _, Q in plan)
+    Qcat = np.zeros((T, M, K))  # block-diagonal over the correlation orders
+    t0 = k0 = 0
+    for _, Q in plan:
+        Qcat[t0 : t0 + Q.shape[0], :, k0 : k0 + Q.shape[2]] = Q
+        t0, k0 = t0 + Q.shape[0], k0 + Q.shape[2]
+    P = (jnp.asarray(Qcat.reshape(T, M * K).T, dtype) @ mono).reshape(M, K, N, C)
+    W = jnp.concatenate([jnp.take(w, species, axis=0) for w in weights], axis=1)  # (N, K, C)
+    out = jnp.moveaxis(jnp.sum(P * jnp.swapaxes(W, 0, 1)[None], axis=1), 0, -1)  # (N, C, M)
+    return out if lead else out[..., 0]
 
 
 # --------------------------------------------------------------------------- model
@@ -288,11 +299,10 @@ class MACE(nn.Module):
                 hdn = hdn @ wk / math.sqrt(sizes[k])
                 if k < len(sizes) - 2:
                     hdn = act(hdn) * spec.radial_act_cst
-            msg_e = conv_tensor_product(
-                up[senders], sh, hdn, spec.edge_irreps, sh_irreps, spec.irreps_mid, spec.conv_instructions
+            hdn = jnp.where(edge_mask[:, None], hdn, 0.0)  # padding edges carry no message
+            msg = conv_messages(
+                up[senders], sh, hdn, receivers, N, spec.edge_irreps, sh_irreps, spec.irreps_mid, spec.conv_instructions
             )
-            msg_e = jnp.where(edge_mask[:, None], msg_e, 0.0)
-            msg = jax.ops.segment_sum(msg_e, receivers, num_segments=N)
             w_lin = self.param(f"{pre}.linear", nn.initializers.normal(1.0), (linear_numel(spec.irreps_mid, spec.target_irreps),), dtype)
             msg = linear(msg, spec.irreps_mid, spec.target_irreps, w_lin)
             if "Density" in spec.interaction:  # MPA-0: normalise by a learned smooth neighbour density
@@ -315,10 +325,6 @@ class MACE(nn.Module):
                 parts.append(msg[:, o : o + m.mul * m.dim].reshape(N, m.mul, m.dim))
                 o += m.mul * m.dim
             xr = jnp.concatenate(parts, axis=-1)
-            block_slices, o = [], 0
-            for m in target:
-                block_slices.append(slice(o, o + m.dim))
-                o += m.dim
             pre_p = f"products_{li}"
             outs = []
             for j, mo in enumerate(spec.hidden_irreps_out):
@@ -328,7 +334,7 @@ class MACE(nn.Module):
                     name = "weights_max" if nu == spec.correlation else f"weights_{spec.correlation - 1 - nu}"
                     ws.append(self.param(f"{pre_p}.contractions.{j}.{name}", nn.initializers.normal(0.1), (S, Us[nu - 1].shape[-1], C), dtype))
                 lead = 1 if mo.l > 0 else 0
-                out_j = symmetric_contraction(xr, species, ws, Us, lead, block_slices)
+                out_j = symmetric_contraction(xr, species, ws, Us, lead)
                 outs.append(out_j.reshape(N, -1))
             prod = jnp.concatenate(outs, axis=-1)
             w_pl = self.param(f"{pre_p}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, spec.hidden_irreps_out),), dtype)
