@@ -68,6 +68,27 @@ def test_replicas_equal_separate_runs():
     assert not np.allclose(together.temperature[0], together.temperature[1])
 
 
+def test_replica_groups_equal_one_vmapped_batch():
+    """Replicas advanced in consecutive vmapped groups (replica_batch) give the same frames as one
+    batch, one compiled program each, and the automatic choice bounds the group on one CPU device."""
+    sims = {b: simulation("langevin", replica_batch=b) for b in (0, 2)}
+    state = sims[0].init(_starts(4), seed=5)
+    sims[2].init(_starts(4), seed=5)
+    _, whole = sims[0].run(state, n_steps=60, record_every=10)
+    with md.CompilationCounter() as counter:
+        _, grouped = sims[2].run(state, n_steps=60, record_every=10)
+    assert counter.count >= 1  # its own program (groups of 2 inside a lax.map)
+    _assert_traj_close(whole, grouped, atol=1e-7)
+    assert sims[2].program(6, 10).replica_batch == 2
+    auto = simulation("langevin")
+    auto.init(_starts(1))
+    expect = 0 if (jax.default_backend() != "cpu" or len(jax.devices()) > 1) else \
+        max(1, md.engine.REPLICA_EDGE_BUDGET // auto.spec.model_capacity)
+    assert auto.program(1, 1).replica_batch == expect
+    with pytest.raises(md.MDInputError, match="replica_batch"):
+        md.Simulation(morse_cu(), md.Langevin(1.0, 300.0), replica_batch=-1)
+
+
 def test_overflow_regrow_gives_same_frames_as_large_capacity():
     starts = npt_starts()
     small = simulation("npt", capacity=200, model_capacity=150, images=(0, 0, 0))

@@ -57,6 +57,8 @@ from .trajectory import Trajectory
 from .units import BAR, KB
 
 AXIS = "replicas"
+#: model edges per vmapped replica group on a single CPU device (see ``Simulation(replica_batch=)``)
+REPLICA_EDGE_BUDGET = 65536
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Program(NamedTuple):
     observables: Callable | None = None
     stop_if: Callable | None = None
     remat: bool = False
+    replica_batch: int = 0  # most replicas vmapped together (0: all); groups run one after another
 
 
 def _force_fn(program: Program, params, system: System, axis_name=AXIS):
@@ -249,9 +252,15 @@ def segment_fn(program: Program):
     -> (state, frames, observables, diagnostics)``; frames are ``(R, F, ...)``."""
 
     def fn(params, system, state, cond, limits, extra):
-        return jax.vmap(
-            lambda s: _replica_segment(program, params, system, s, cond, limits, extra), axis_name=AXIS
-        )(state)
+        one = jax.vmap(lambda s: _replica_segment(program, params, system, s, cond, limits, extra), axis_name=AXIS)
+        r = state.positions.shape[0]
+        b = _largest_divisor_at_most(r, program.replica_batch) if program.replica_batch else r
+        if b >= r:
+            return one(state)
+        # groups of b replicas, one after another: bounded temporaries (cache- and allocator-friendly on CPU)
+        grouped = jax.tree_util.tree_map(lambda x: x.reshape((r // b, b) + x.shape[1:]), state)
+        out = jax.lax.map(one, grouped)
+        return jax.tree_util.tree_map(lambda x: x.reshape((r,) + x.shape[2:]), out)
 
     return fn
 
@@ -357,6 +366,12 @@ class Simulation:
     chunk_steps: most steps per compiled chunk (progress and overflow checks between chunks)
     remat:       rematerialise each step under differentiation (``jax.checkpoint``)
     shard:       shard the replica axis over ``jax.devices()`` when there are several
+    replica_batch: most replicas advanced together in one vmapped group; larger ensembles run
+                 as consecutive groups inside the same compiled program (same results).  ``None``
+                 (default): all replicas on accelerators or with several devices; on a single
+                 CPU device, groups of about ``REPLICA_EDGE_BUDGET`` model edges (a 197-atom
+                 liquid: 4 replicas), since larger batches only add memory traffic there.
+                 ``0``: all replicas in one group.
     capacity, model_capacity, images: initial neighbour-list sizes (default: from the
                  starting structures with ``headroom``); they grow automatically on overflow
     """
@@ -375,6 +390,7 @@ class Simulation:
         chunk_steps: int = 1000,
         remat: bool = False,
         shard: bool = True,
+        replica_batch: int | None = None,
         capacity: int | None = None,
         model_capacity: int | None = None,
         images: tuple | None = None,
@@ -396,6 +412,9 @@ class Simulation:
         self.chunk_steps = int(chunk_steps)
         self.remat = bool(remat)
         self.shard = bool(shard)
+        if replica_batch is not None and (int(replica_batch) != replica_batch or replica_batch < 0):
+            raise MDInputError(f"replica_batch must be a non-negative integer or None, got {replica_batch!r}")
+        self.replica_batch = replica_batch
         self._initial_sizes = (capacity, model_capacity, None if images is None else tuple(int(i) for i in images))
         self.dtype = potential.dtype
         self.spec: nl.NeighborSpec | None = None
@@ -415,7 +434,15 @@ class Simulation:
             observables=self.observables,
             stop_if=self.stop_if,
             remat=self.remat,
+            replica_batch=self._replica_batch(spec or self.spec),
         )
+
+    def _replica_batch(self, spec) -> int:
+        if self.replica_batch is not None:
+            return int(self.replica_batch)
+        if jax.default_backend() != "cpu" or (self.shard and len(jax.devices()) > 1):
+            return 0
+        return max(1, REPLICA_EDGE_BUDGET // max(1, spec.model_capacity))
 
     def conditions(self) -> dict:
         """Runtime scalars of the current ensemble (ASE units)."""
