@@ -26,9 +26,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax_md import simulate
 
 from .state import RUNNING, MDState
+
+
+def _simulate():
+    """jax_md.simulate, imported on first use (importing jax_md takes seconds: keeps ``jaxuft --help`` fast)."""
+    from jax_md import simulate
+
+    return simulate
 
 
 def kinetic_energy(momenta, masses):
@@ -135,7 +141,7 @@ def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1):
 def _chain(position, momentum, kT, tau, ke, dof: int):
     q = kT * tau * tau * jnp.ones_like(position)
     q = q.at[0].multiply(dof)
-    return simulate.NoseHooverChain(position, momentum, q, tau, ke, dof)
+    return _simulate().NoseHooverChain(position, momentum, q, tau, ke, dof)
 
 
 def nvt_nose_hoover(force_fn, masses, dt, kT, tau, chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3):
@@ -144,7 +150,7 @@ def nvt_nose_hoover(force_fn, masses, dt, kT, tau, chain_length: int = 3, chain_
         raise ValueError("the Nosé–Hoover chain needs chain_length >= 2")
     m = masses[:, None]
     dof = 3 * masses.shape[0]
-    fns = simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau)
+    fns = _simulate().nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau)
 
     def apply_fn(state: MDState):
         dtype = state.positions.dtype
@@ -188,8 +194,8 @@ def npt_nose_hoover(
     n = masses.shape[0]
     dof = 3 * n
     alpha = 1.0 + 1.0 / n
-    thermostat = simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_t)
-    barostat = simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_p)
+    thermostat = _simulate().nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_t)
+    barostat = _simulate().nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_p)
     box_mass = 3.0 * (n + 1) * kT * tau_p * tau_p
 
     def box_force(p, cell, stress):
