@@ -272,32 +272,48 @@ def _entry_plan(x_entries: tuple, filt: tuple, paths: tuple):
     return tuple(plan)
 
 
-def _convolve(h: dict, x_entries: tuple, filt: tuple, paths, sh, weights, senders, receivers, n_nodes, dtype) -> dict:
+@functools.lru_cache(maxsize=None)
+def _entry_weight_plan(x_entries: tuple, filt: tuple, paths: tuple):
+    """Per entry of :func:`_entry_plan`: the radial-MLP output columns of its paths, channel-major
+    (``cols[u * P + p] = offset_p + u``)."""
+    out = []
+    for i, coeff, cols in _entry_plan(x_entries, filt, paths):
+        mul = x_entries[i][0]
+        offs = [paths[k].weight_offset for k, _, _ in cols]
+        idx = np.asarray([o + u for u in range(mul) for o in offs], dtype=np.int32)
+        out.append(idx)
+    return tuple(out)
+
+
+def _convolve(h: dict, x_entries: tuple, filt: tuple, paths, sh, hidden, w_last, senders, receivers, n_nodes,
+              dtype) -> dict:
     """Aggregated ``uvu`` tensor-product messages ``sum_e w_eu sum_ab x_{s(e),u,a} Y_{e,b} c_abc``.
 
+    ``hidden (E, H)`` is the radial MLP before its last layer and ``w_last (H, n_w)`` that layer
+    (scaled), so each input entry computes only its own paths' weights with one matmul (its
+    columns gathered from the parameter, not from an (E, n_w) array) and broadcasts them over the
+    output columns: the backward pass has no per-path pad-and-add over (E, n_w).
     All paths leaving one input entry are computed together: one coefficient
     matmul, one fused multiply-add over ``2l1+1`` and one segment sum per entry.
     Returns ``{irrep: [(n_nodes, mul, 2l+1) per path]}`` in path order.
     """
     lay_x = layout(x_entries)
     per_path: dict = {}
-    for i, coeff, cols in _entry_plan(x_entries, filt, tuple(paths)):
+    n_edges = sh.shape[0]
+    plans = zip(_entry_plan(x_entries, filt, tuple(paths)), _entry_weight_plan(x_entries, filt, tuple(paths)))
+    for (i, coeff, cols), w_idx in plans:
         mul, ir_in = x_entries[i]
         off = [b[1] for b in lay_x[ir_in] if b[0] == i][0]
         xi = h[ir_in][:, off : off + mul][senders]  # (E, mul, d1)
         t = jnp.einsum("eb,baK->eaK", sh, jnp.asarray(coeff, dtype))  # (E, d1, K)
-        m = xi[:, :, 0, None] * t[:, None, 0, :]
-        for a in range(1, ir_in.dim):
-            m = m + xi[:, :, a, None] * t[:, None, a, :]
-        w = jnp.concatenate(
-            [
-                jnp.broadcast_to(
-                    weights[:, paths[k].weight_offset : paths[k].weight_offset + mul, None], m.shape[:2] + (d3,)
-                )
-                for k, _, d3 in cols
-            ],
-            axis=2,
-        )
+        if ir_in.dim == 1:
+            m = xi[:, :, 0, None] * t[:, None, 0, :]
+        else:  # one fused multiply-reduce (its backward is reductions too, no per-slice pad-and-add)
+            m = jnp.sum(xi[:, :, :, None] * t[:, None, :, :], axis=2)
+        w = (hidden @ jnp.take(w_last, jnp.asarray(w_idx), axis=1)).reshape(n_edges, mul, -1)  # (E, mul, P)
+        if w.shape[2] > 1:  # spread path p's weight over its 2l+1 columns
+            w = jnp.concatenate([jnp.broadcast_to(w[:, :, p, None], (n_edges, mul, d3))
+                                 for p, (_, _, d3) in enumerate(cols)], axis=2)
         m = m * w  # (E, mul, K)
         agg = jax.ops.segment_sum(m, receivers, num_segments=n_nodes)
         for k, c0, d3 in cols:
@@ -510,16 +526,16 @@ def _gate_apply(h: dict, parts, act_s: dict, act_g: dict) -> dict:
     return {ir: (v[0] if len(v) == 1 else jnp.concatenate(v, axis=1)) for ir, v in pieces.items()}
 
 
-def _mlp_apply(ws: dict, x, activation: str):
-    """e3nn ``FullyConnectedNet`` without biases: ``x @ W / sqrt(fan_in)``, act between layers."""
+def _mlp_split(ws: dict, x, activation: str):
+    """e3nn ``FullyConnectedNet`` without biases (``x @ W / sqrt(fan_in)``, act between layers),
+    stopped before its last layer: returns ``(hidden, last layer's scaled weight)``."""
     act = normalized_activation(activation)
     n = len(ws)
-    for i in range(n):
+    for i in range(n - 1):
         w = ws[f"w{i}"]
-        x = x @ (w * (1.0 / math.sqrt(w.shape[0])))
-        if i < n - 1:
-            x = act(x)
-    return x
+        x = act(x @ (w * (1.0 / math.sqrt(w.shape[0]))))
+    w = ws[f"w{n - 1}"]
+    return x, w * (1.0 / math.sqrt(w.shape[0]))
 
 
 def _layer_apply(p: dict, den, x: dict, st: LayerStructure, edges: EdgeData, n_nodes: int, acts):
@@ -527,9 +543,10 @@ def _layer_apply(p: dict, den, x: dict, st: LayerStructure, edges: EdgeData, n_n
     act_radial, act_s, act_g = acts
     sc = linear_apply(p["self_connection"], x, st.x, st.gate_in)
     h = linear_apply(p["self_interaction_1"], x, st.x, st.x)
-    weights = _mlp_apply(p["radial_mlp"], edges.embedding, act_radial)  # (E, n_w)
+    hidden, w_last = _mlp_split(p["radial_mlp"], edges.embedding, act_radial)  # (E, H), (H, n_w)
     dtype = edges.embedding.dtype
-    msgs = _convolve(h, st.x, st.filt, st.paths, edges.sh, weights, edges.senders, edges.receivers, n_nodes, dtype)
+    msgs = _convolve(h, st.x, st.filt, st.paths, edges.sh, hidden, w_last, edges.senders, edges.receivers, n_nodes,
+                     dtype)
     inv = 1.0 / den
     agg = {ir: (v[0] if len(v) == 1 else jnp.concatenate(v, axis=1)) * inv for ir, v in msgs.items()}
     h = linear_apply(p["self_interaction_2"], agg, st.mid, st.gate_in)
