@@ -106,9 +106,10 @@ def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irrep
         bc = b @ jnp.asarray(np.transpose(cg, (1, 0, 2)).reshape(m2.dim, m1.dim * mo.dim), x1.dtype)
         bc = bc.reshape(-1, m1.dim, mo.dim)  # (E, i, k)
         aw = a * w[:, :, None]
-        acc = aw[:, :, 0, None] * bc[:, None, 0, :]
-        for i in range(1, m1.dim):
-            acc = acc + aw[:, :, i, None] * bc[:, None, i, :]
+        if m1.dim == 1:
+            acc = aw[:, :, 0, None] * bc[:, None, 0, :]
+        else:  # one fused multiply-reduce over i (its backward has no per-slice pad-and-add)
+            acc = jnp.sum(aw[:, :, :, None] * bc[:, None, :, :], axis=2)
         outs.append(jax.ops.segment_sum(acc.reshape(x1.shape[0], -1), receivers, num_segments=n_nodes))
     return jnp.concatenate(outs, axis=-1)
 
