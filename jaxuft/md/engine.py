@@ -9,7 +9,9 @@ How a run works:
 
 * All replicas live in one state with a leading replica axis and advance in one
   compiled program (``vmap`` with ``axis_name="replicas"``; ``lax.scan`` over
-  steps).  The replica axis is sharded over the available devices.
+  steps).  The replica axis is sharded over the available devices; on a single CPU
+  device large ensembles advance in consecutive vmapped groups (``replica_batch``) inside
+  the same program, which bounds the temporaries per step.
 * A segment is run in *chunks* of at most ``chunk_steps`` steps (a divisor of the
   number of records, so one compiled program serves every chunk).  At the end of a
   chunk the neighbour-list maxima are read; on overflow the capacities grow (for
