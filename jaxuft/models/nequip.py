@@ -181,13 +181,8 @@ def conv_paths(x_entries: tuple, filter_entries: tuple, out_irreps: frozenset):
     in ``out_irreps``) and then stably sorted by output irrep; the radial MLP's
     output columns follow this order.  Returns (paths, mid entries, n_weights).
     """
-    raw = []
-    for i, (mul, ir_x) in enumerate(x_entries):
-        for j, (_, ir_f) in enumerate(filter_entries):
-            for ir_out in irrep_product(ir_x, ir_f):
-                if ir_out in out_irreps:
-                    raw.append((i, j, ir_out, mul))
-    order = sorted(range(len(raw)), key=lambda k: (raw[k][2].sort_key(), k))
+    raw = _generated_paths(x_entries, filter_entries, out_irreps)
+    order = conv_paths_unsorted_order(x_entries, filter_entries, out_irreps)
     paths, offset = [], 0
     for k in order:
         i, j, ir_out, mul = raw[k]
@@ -200,13 +195,20 @@ def conv_paths(x_entries: tuple, filter_entries: tuple, out_irreps: frozenset):
 @functools.lru_cache(maxsize=None)
 def conv_paths_unsorted_order(x_entries: tuple, filter_entries: tuple, out_irreps: frozenset):
     """For each sorted path, its index in generation order (sevenn < 0.11 weight layout)."""
-    raw = []
-    for i, (mul, ir_x) in enumerate(x_entries):
-        for j, (_, ir_f) in enumerate(filter_entries):
-            for ir_out in irrep_product(ir_x, ir_f):
-                if ir_out in out_irreps:
-                    raw.append((i, j, ir_out, mul))
+    raw = _generated_paths(x_entries, filter_entries, out_irreps)
     return tuple(sorted(range(len(raw)), key=lambda k: (raw[k][2].sort_key(), k)))
+
+
+def _generated_paths(x_entries: tuple, filter_entries: tuple, out_irreps: frozenset) -> list:
+    """``(i_in, i_filter, ir_out, mul)`` for every (node entry, filter entry, product irrep in
+    ``out_irreps``), in e3nn's generation order."""
+    return [
+        (i, j, ir_out, mul)
+        for i, (mul, ir_x) in enumerate(x_entries)
+        for j, (_, ir_f) in enumerate(filter_entries)
+        for ir_out in irrep_product(ir_x, ir_f)
+        if ir_out in out_irreps
+    ]
 
 
 def tp_out_irreps(x_entries: tuple, filter_entries: tuple, lmax_out: int, even_only: bool) -> frozenset:
