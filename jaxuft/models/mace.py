@@ -131,10 +131,9 @@ def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
         for i, w in per_out[j]:
             mi = irreps_in[i]
             xi = x[:, offs[i] : offs[i] + mi.mul * mi.dim].reshape(-1, mi.mul, mi.dim)
-            # per-node (u, w) matrices, gathered as contiguous slabs so the batched dot needs no transpose
-            ws = jnp.take(jnp.swapaxes(w, 0, 1), species, axis=0)  # (N, u, w)
+            ws = jnp.take(w, species, axis=1)  # (u, N, w)
             sign = float(np.sign(I.wigner_3j(mi.l, 0, mo.l)[0, 0, 0]))
-            acc = acc + sign * jnp.einsum("num,nuw->nwm", xi, ws)
+            acc = acc + sign * jnp.einsum("num,unw->nwm", xi, ws)
         if fan:  # an output no input reaches stays zero, as in e3nn
             acc = acc / math.sqrt(fan)
         outs.append(acc.reshape(x.shape[0], -1))
