@@ -127,10 +127,9 @@ def torch_reference(model_path: str, atoms, steps: int, dtype: str, threads: int
         cmd = [str(MACE_PYTHON), "-c", TORCH_MD_SCRIPT, str(model_path), str(path), dtype, str(steps), str(threads)]
         env = dict(os.environ)
         if tuned_malloc:
-            from jaxuft.host_memory import SETTINGS
+            from jaxuft import host_memory
 
-            names = {-8: "MALLOC_ARENA_MAX", -2: "MALLOC_TOP_PAD_", -3: "MALLOC_MMAP_THRESHOLD_", -1: "MALLOC_TRIM_THRESHOLD_"}
-            env.update({names[k]: str(v) for k, v in SETTINGS})
+            env.update(host_memory.environment())
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if res.returncode != 0:
         print(f"[bench_md] mace-torch reference failed:\n{res.stderr[-2000:]}")

@@ -25,6 +25,14 @@ import sys
 # glibc <malloc.h> parameter numbers
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_TOP_PAD, 1 << 30), (M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 1 << 30))
+_ENV_NAMES = {M_ARENA_MAX: "MALLOC_ARENA_MAX", M_TOP_PAD: "MALLOC_TOP_PAD_",
+              M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_", M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_"}
+
+
+def environment() -> dict:
+    """The same settings as glibc environment variables, for a process that does not import
+    jaxuft (e.g. a reference run to compare against on equal terms)."""
+    return {_ENV_NAMES[param]: str(value) for param, value in SETTINGS}
 
 _applied: bool | None = None
 
