@@ -181,35 +181,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         model_kind="MACE",  # [S-0b3] --model="MACE"
         expected_params=9063204,  # [MBD] mace-mpa-0.yml
     ),
-    # Small 2-head model, the layout ``mace_run_train --multiheads_finetuning`` produces:
-    # heads sorted with "pt_head" FIRST, then the user head "Default"
-    # (mace/cli/run_train.py: ``sorted(heads, key=lambda x: -1000 if x == "pt_head" else 0)``;
-    # mace/tools/multihead_tools.py: prepare_default_head -> "Default").
-    # ScaleShiftMACE(heads=[...]) builds it directly: readouts emit len(heads) x 0e, the
-    # non-linear readout has (len(heads) * MLP_irreps) hidden irreps with mask_head,
-    # atomic_energies is [n_heads, n_elements], scale/shift are [n_heads].
-    "multihead": dict(
-        atomic_numbers=[1, 6, 8, 14],
-        r_max=5.0,
-        num_bessel=8,
-        num_polynomial_cutoff=5,
-        max_ell=3,
-        hidden_irreps="16x0e+16x1o",
-        MLP_irreps="16x0e",
-        correlation=3,
-        num_interactions=2,
-        gate="silu",
-        interaction_cls_first="RealAgnosticInteractionBlock",
-        interaction_cls="RealAgnosticResidualInteractionBlock",
-        radial_MLP=[32, 32, 32],
-        radial_type="bessel",
-        distance_transform="Agnesi",
-        pair_repulsion=True,
-        use_reduced_cg=False,
-        model_kind="MACE",
-        heads=["pt_head", "Default"],
-    ),
-    # Fast test models.  "tiny" has the mp0b feature set (non-residual first block,
+    # Fast test models (the variants below are "tiny" with a few keys changed).  "tiny" has the mp0b feature set (non-residual first block,
     # Agnesi, ZBL) but L=1 so that equivariant paths are exercised.
     "tiny": dict(
         atomic_numbers=[1, 6, 8],
@@ -231,49 +203,33 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         use_reduced_cg=False,
         model_kind="MACE",
     ),
-    # tiny with the MP-0 feature set (residual first block, no Agnesi / ZBL)
-    "tiny-mp0": dict(
-        atomic_numbers=[1, 6, 8],
-        r_max=5.0,
-        num_bessel=10,
-        num_polynomial_cutoff=5,
-        max_ell=3,
-        hidden_irreps="16x0e+16x1o",
-        MLP_irreps="16x0e",
-        correlation=3,
-        num_interactions=2,
-        gate="silu",
-        interaction_cls_first="RealAgnosticResidualInteractionBlock",
-        interaction_cls="RealAgnosticResidualInteractionBlock",
-        radial_MLP=[32, 32, 32],
-        radial_type="bessel",
-        distance_transform="None",
-        pair_repulsion=False,
-        use_reduced_cg=False,
-        model_kind="ScaleShiftMACE",
-    ),
-    # tiny with the MPA-0 / 0b3 feature set (density-normalised blocks)
-    "tiny-density": dict(
-        atomic_numbers=[1, 6, 8],
-        r_max=5.0,
-        num_bessel=10,
-        num_polynomial_cutoff=5,
-        max_ell=3,
-        hidden_irreps="16x0e+16x1o",
-        MLP_irreps="16x0e",
-        correlation=3,
-        num_interactions=2,
-        gate="silu",
-        interaction_cls_first="RealAgnosticDensityInteractionBlock",
-        interaction_cls="RealAgnosticDensityResidualInteractionBlock",
-        radial_MLP=[32, 32, 32],
-        radial_type="bessel",
-        distance_transform="Agnesi",
-        pair_repulsion=True,
-        use_reduced_cg=False,
-        model_kind="MACE",
-    ),
 }
+
+
+# Small 2-head model, the layout ``mace_run_train --multiheads_finetuning`` produces:
+# heads sorted with "pt_head" FIRST, then the user head "Default"
+# (mace/cli/run_train.py: ``sorted(heads, key=lambda x: -1000 if x == "pt_head" else 0)``;
+# mace/tools/multihead_tools.py: prepare_default_head -> "Default").
+# ScaleShiftMACE(heads=[...]) builds it directly: readouts emit len(heads) x 0e, the
+# non-linear readout has (len(heads) * MLP_irreps) hidden irreps with mask_head,
+# atomic_energies is [n_heads, n_elements], scale/shift are [n_heads].
+PRESETS["multihead"] = dict(PRESETS["tiny"], atomic_numbers=[1, 6, 8, 14], heads=["pt_head", "Default"])
+# tiny with the MP-0 feature set (residual first block, no Agnesi / ZBL)
+PRESETS["tiny-mp0"] = dict(
+    PRESETS["tiny"],
+    num_bessel=10,
+    interaction_cls_first="RealAgnosticResidualInteractionBlock",
+    distance_transform="None",
+    pair_repulsion=False,
+    model_kind="ScaleShiftMACE",
+)
+# tiny with the MPA-0 / 0b3 feature set (density-normalised blocks)
+PRESETS["tiny-density"] = dict(
+    PRESETS["tiny"],
+    num_bessel=10,
+    interaction_cls_first="RealAgnosticDensityInteractionBlock",
+    interaction_cls="RealAgnosticDensityResidualInteractionBlock",
+)
 
 
 def build(preset: str, seed: int) -> torch.nn.Module:

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
+import venvs
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 BUILD_SCRIPT = HERE / "mace_build.py"
 PREDICT_SCRIPT = HERE / "mace_predict.py"
-VENV_PYTHON = REPO_ROOT / ".venvs" / "mace" / "bin" / "python"
-VENV_MARKER = REPO_ROOT / ".venvs" / "mace" / ".jaxuft-complete"
 
 #: presets understood by mace_build.py (kept in sync by hand; the script is the authority)
 PRESETS = (
@@ -81,32 +80,13 @@ class MaceReferenceError(RuntimeError):
 
 
 def mace_python() -> Optional[str]:
-    """Path of the mace reference venv's python, or None when there is none.
-
-    ``$JAXUFT_MACE_PYTHON`` wins when set (an empty value means "no reference").
-    Otherwise ``<repo>/.venvs/mace/bin/python``, if ``make_venvs.sh mace`` completed.
-    """
-    env = os.environ.get("JAXUFT_MACE_PYTHON")
-    if env is not None:
-        if not env.strip():
-            return None
-        return env if os.path.isfile(env) and os.access(env, os.X_OK) else None
-    if VENV_PYTHON.is_file() and VENV_MARKER.is_file():
-        return str(VENV_PYTHON)
-    return None
+    """Path of the mace reference venv's python (``$JAXUFT_MACE_PYTHON`` or ``.venvs/mace``), or None."""
+    return venvs.venv_python("mace")
 
 
 def skip_without_mace() -> str:
     """``pytest.skip`` unless the mace reference venv exists; returns its python."""
-    py = mace_python()
-    if py is None:
-        import pytest  # only needed inside tests
-
-        pytest.skip(
-            "mace reference venv missing: run tests/reference/make_venvs.sh mace "
-            "(or set JAXUFT_MACE_PYTHON)"
-        )
-    return py
+    return venvs.skip_without("mace")
 
 
 def cache_dir() -> Path:

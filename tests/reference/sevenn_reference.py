@@ -24,11 +24,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import venvs
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 SCRIPT = HERE / "sevenn_ref.py"
-VENV = REPO_ROOT / ".venvs" / "sevenn"
+VENV = venvs.venv_dir("sevenn")
 SEVENNET0_MEMBER = "sevenn/pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth"
 TIMEOUT_S = 1800.0
 
@@ -38,25 +39,13 @@ class SevennReferenceError(RuntimeError):
 
 
 def sevenn_python() -> str | None:
-    env = os.environ.get("JAXUFT_SEVENN_PYTHON")
-    if env is not None:
-        return env if env.strip() and os.access(env, os.X_OK) else None
-    py = VENV / "bin" / "python"
-    if py.is_file() and (VENV / ".jaxuft-complete").is_file():
-        return str(py)
-    return None
+    """Path of the sevenn reference venv's python (``$JAXUFT_SEVENN_PYTHON`` or ``.venvs/sevenn``), or None."""
+    return venvs.venv_python("sevenn")
 
 
 def skip_without_sevenn() -> str:
-    py = sevenn_python()
-    if py is None:
-        import pytest
-
-        pytest.skip(
-            "sevenn reference venv missing: run tests/reference/make_venvs.sh sevenn "
-            "(or set JAXUFT_SEVENN_PYTHON)"
-        )
-    return py
+    """``pytest.skip`` unless the sevenn reference venv exists; returns its python."""
+    return venvs.skip_without("sevenn")
 
 
 def cache_dir() -> Path:
