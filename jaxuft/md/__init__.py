@@ -19,7 +19,8 @@ Design (see the module docstrings for details):
   Model edges are compacted to the pairs within the cutoff every step.
 * :mod:`~jaxuft.md.integrators` -- ``(init_fn, apply_fn)`` pairs: velocity Verlet, BAOAB
   Langevin, Nosé–Hoover chains (jax-md's chain code), isotropic MTK NPT.
-* :mod:`~jaxuft.md.engine` -- :class:`Simulation`: replicas advance together under ``vmap``
+* :mod:`~jaxuft.md.segment` (the pure compiled program) and :mod:`~jaxuft.md.simulation`
+  (the driver) -- :class:`Simulation`: replicas advance together under ``vmap``
   in ``lax.scan`` chunks; forces are refreshed with the segment's params at its start; on
   overflow the capacities grow and the chunk is rerun from its start state; safety stops
   per replica; an observables hook (``fn(params, graph, extra)``) and a stop predicate run
@@ -36,10 +37,9 @@ Design (see the module docstrings for details):
 """
 
 from .compilation import CompilationCounter
-from .engine import (
-    Diagnostics, Program, Safety, Simulation, System, compiled_segment, executable, initial_state, maxwell_boltzmann,
-    segment_fn, stop_reasons,
-)
+from . import engine  # noqa: F401  (old import path, re-exports segment + simulation)
+from .segment import Diagnostics, Program, System, compiled_segment, executable, initial_state, segment_fn
+from .simulation import Safety, Simulation, maxwell_boltzmann, stop_reasons
 from .ensembles import NPT, NVE, Ensemble, Langevin, NoseHoover, make
 from .errors import CapacityError, MDInputError
 from .forces import ForceField, ForceOutput, jax_md_energy_fn, jax_md_space, replica_graph

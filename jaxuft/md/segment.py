@@ -1,0 +1,299 @@
+"""The pure, compiled MD segment: a :class:`Program` (static settings), one replica's step and scan, and the vmapped segment of all replicas.
+
+* All replicas live in one state with a leading replica axis and advance in one
+  compiled program (``vmap`` with ``axis_name="replicas"``; ``lax.scan`` over
+  steps).  On a single CPU device large ensembles advance in consecutive vmapped
+  groups (``replica_batch``) inside the same program, which bounds the temporaries per step.
+* ``params``, temperatures, timesteps, pressures, safety limits and the observables'
+  ``extra`` arrays are runtime arguments: changing them compiles nothing.
+* Compiled segments are shared by every :class:`~jaxuft.md.simulation.Simulation` with
+  the same :class:`Program` (model architecture, ensemble kind, capacities, chunk
+  length, hooks) and argument shapes.
+
+The host-side driver (validation, chunking, overflow regrowth, files) is
+:mod:`jaxuft.md.simulation`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import neighbors as nl
+from .ensembles import integrator_for
+from .forces import ForceField
+from .integrators import instantaneous_pressure, kinetic_energy
+from .state import (
+    RUNNING, STOP_DISTANCE, STOP_NAN, STOP_OBSERVABLE, STOP_TEMPERATURE, MDState,
+)
+from .units import BAR, KB
+
+AXIS = "replicas"
+#: model edges per vmapped replica group on a single CPU device (see ``Simulation(replica_batch=)``)
+REPLICA_EDGE_BUDGET = 65536
+
+class System(NamedTuple):
+    """What all replicas share: ``species (N,)`` model indices and ``masses (N,)`` amu."""
+
+    species: jax.Array
+    masses: jax.Array
+
+
+class Diagnostics(NamedTuple):
+    """Running maxima per replica over a segment (to size capacities)."""
+
+    max_count: jax.Array  # () pairs within cutoff + skin
+    max_model_count: jax.Array  # () pairs within cutoff
+    max_images: jax.Array  # (3,)
+    rebuilds: jax.Array  # () neighbour-list builds
+
+
+def _zero_diag(dtype_int=jnp.int32) -> Diagnostics:  # noqa: D103
+    return Diagnostics(jnp.zeros((), dtype_int), jnp.zeros((), dtype_int), jnp.zeros((3,), dtype_int),
+                       jnp.zeros((), dtype_int))
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    cap = max(1, min(n, cap))
+    for d in range(cap, 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+class Program(NamedTuple):
+    """Everything static about one compiled segment (hashable: equal programs share compiled code,
+    also across :class:`Simulation` objects)."""
+
+    module: Any  # the Potential's Flax module
+    ensemble: tuple  # Ensemble.static_key
+    spec: nl.NeighborSpec
+    n_records: int
+    record_every: int
+    observables: Callable | None = None
+    stop_if: Callable | None = None
+    remat: bool = False
+    replica_batch: int = 0  # most replicas vmapped together (0: all); groups run one after another
+
+
+def _force_fn(program: Program, params, system: System, axis_name=AXIS):
+    field = ForceField(program.module, program.spec)
+    spec = program.spec
+
+    def force_fn(positions, cell, nbrs):
+        nbrs = nl.update(positions, cell, nbrs, spec, axis_name=axis_name)
+        return field(params, system.species, positions, cell, nbrs), nbrs
+
+    return force_fn
+
+
+def _frame(state: MDState, masses, full_pbc: bool) -> dict:
+    ke = kinetic_energy(state.momenta, masses)
+    n = masses.shape[0]
+    if full_pbc:
+        pressure = instantaneous_pressure(state.momenta, masses, state.stress, state.cell) / BAR
+    else:
+        pressure = jnp.zeros((), state.energy.dtype)
+    return {
+        "positions": state.positions,
+        "cell": state.cell,
+        "forces": state.forces,
+        "energy": state.energy,
+        "kinetic_energy": ke,
+        "temperature": 2.0 * ke / (3.0 * n * KB),
+        "stress": state.stress,
+        "pressure": pressure,
+        "step": state.step,
+        "status": state.status,
+    }
+
+
+def _diag_from(diag: Diagnostics, running, nbrs: nl.NeighborList, out, rebuilt) -> Diagnostics:
+    zero = jnp.zeros((), jnp.int32)
+    return Diagnostics(
+        max_count=jnp.maximum(diag.max_count, jnp.where(running, nbrs.count, zero)),
+        max_model_count=jnp.maximum(diag.max_model_count, jnp.where(running, out.model_count, zero)),
+        max_images=jnp.maximum(diag.max_images, jnp.where(running, nbrs.images_needed, 0)),
+        rebuilds=diag.rebuilds + (running & rebuilt).astype(jnp.int32),
+    )
+
+
+def _replica_segment(program: Program, params, system: System, state: MDState, cond, limits, extra):
+    """One replica (inside ``vmap(axis_name=AXIS)``): refresh forces, then scan the steps.
+
+    The step is traced once: the first iteration of the inner scan of the first record
+    is a *refresh* (the step with ``dt = 0``: positions and momenta unchanged exactly,
+    forces/energy/stress re-evaluated with the current params and the neighbour list
+    brought up to date); the first iteration of later records is skipped.  So forces are
+    always consistent with the params of the segment, restarts and reruns are exact,
+    and the model appears once in the compiled program.
+    """
+    spec = program.spec
+    force_fn = _force_fn(program, params, system)
+    max_t, min_d = limits["max_temperature"], limits["min_distance"]
+    n = system.masses.shape[0]
+    full_pbc = all(spec.pbc)
+
+    def advance(state, diag, refresh):
+        c = dict(cond, dt=jnp.where(refresh, jnp.zeros_like(cond["dt"]), cond["dt"]))
+        _, apply_fn = integrator_for(program.ensemble, force_fn, system.masses, c)
+        running = state.status == RUNNING
+        new, out = apply_fn(state)
+        new = new._replace(step=jnp.where(refresh, state.step, new.step),
+                           key=jnp.where(refresh, state.key, new.key))
+        t = 2.0 * kinetic_energy(new.momenta, system.masses) / (3.0 * n * KB)
+        finite = (
+            jnp.isfinite(new.energy) & jnp.all(jnp.isfinite(new.positions))
+            & jnp.all(jnp.isfinite(new.forces)) & jnp.all(jnp.isfinite(new.momenta))
+            & jnp.all(jnp.isfinite(new.cell))
+        )
+        reason = jnp.where(
+            ~finite, STOP_NAN,
+            jnp.where(t > max_t, STOP_TEMPERATURE, jnp.where(out.min_distance < min_d, STOP_DISTANCE, RUNNING)),
+        ).astype(jnp.int32)
+        value = jnp.where(reason == STOP_TEMPERATURE, t, jnp.where(reason == STOP_DISTANCE, out.min_distance, jnp.nan))
+        # a refresh leaves positions and momenta untouched: keep its (honest) energies even when stopping
+        accept = running & ((reason == RUNNING) | refresh)
+        kept = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, state)
+        stop_now = running & (reason != RUNNING)
+        kept = kept._replace(
+            status=jnp.where(stop_now, reason, state.status).astype(jnp.int32),
+            stop_value=jnp.where(stop_now, value.astype(state.stop_value.dtype), state.stop_value),
+        )
+        rebuilt = jnp.any(new.neighbors.reference_positions != state.neighbors.reference_positions)
+        return kept, _diag_from(diag, running, new.neighbors, out, rebuilt)
+
+    if program.remat:
+        advance = jax.checkpoint(advance)
+
+    def record(carry, k):
+        def step(carry, j):
+            state, diag = carry
+            refresh = (k == 0) & (j == 0)
+            skip = (k > 0) & (j == 0)
+            any_running = jax.lax.psum((state.status == RUNNING).astype(jnp.int32), AXIS) > 0
+            carry = jax.lax.cond(any_running & ~skip, lambda: advance(state, diag, refresh), lambda: (state, diag))
+            return carry, None
+
+        carry, _ = jax.lax.scan(step, carry, jnp.arange(program.record_every + 1))
+        state, diag = carry
+        obs = {}
+        if program.observables is not None:
+            graph = ForceField(program.module, spec).graph(system.species, state.positions, state.cell, state.neighbors)
+            obs = dict(program.observables(params, graph, extra))
+            # per-atom observables lose the padding atom
+            obs = {k: (v[:n] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n + 1 else v) for k, v in obs.items()}
+            if program.stop_if is not None:
+                stop = jnp.asarray(program.stop_if(obs, extra)).astype(bool).reshape(())
+                stop_now = stop & (state.status == RUNNING)
+                state = state._replace(
+                    status=jnp.where(stop_now, STOP_OBSERVABLE, state.status).astype(jnp.int32),
+                    stop_value=jnp.where(stop_now, jnp.nan, state.stop_value).astype(state.stop_value.dtype),
+                )
+        return (state, diag), (_frame(state, system.masses, full_pbc), obs)
+
+    (state, diag), (frames, obs) = jax.lax.scan(record, (state, _zero_diag()), jnp.arange(program.n_records))
+    return state, frames, obs, diag
+
+
+def segment_fn(program: Program):
+    """The pure segment of all replicas: ``fn(params, system, state, cond, limits, extra)
+    -> (state, frames, observables, diagnostics)``; frames are ``(R, F, ...)``."""
+
+    def fn(params, system, state, cond, limits, extra):
+        one = jax.vmap(lambda s: _replica_segment(program, params, system, s, cond, limits, extra), axis_name=AXIS)
+        r = state.positions.shape[0]
+        b = _largest_divisor_at_most(r, program.replica_batch) if program.replica_batch else r
+        if b >= r:
+            return one(state)
+        # groups of b replicas, one after another: bounded temporaries (cache- and allocator-friendly on CPU)
+        grouped = jax.tree_util.tree_map(lambda x: x.reshape((r // b, b) + x.shape[1:]), state)
+        out = jax.lax.map(one, grouped)
+        return jax.tree_util.tree_map(lambda x: x.reshape((r,) + x.shape[2:]), out)
+
+    return fn
+
+
+@functools.lru_cache(maxsize=128)
+def compiled_segment(program: Program):
+    """The jitted :func:`segment_fn` of a program (shared by every Simulation using it)."""
+    return jax.jit(segment_fn(program))
+
+
+_EXECUTABLES: dict = {}
+_MAX_EXECUTABLES = 64
+
+
+def _signature(args) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    sig = tuple(
+        (np.shape(x), str(x.dtype if hasattr(x, "dtype") else type(x).__name__), bool(getattr(x, "weak_type", False)),
+         getattr(x, "sharding", None))
+        for x in leaves
+    )
+    return treedef, sig
+
+
+def executable(program: Program, args) -> tuple[Callable, float]:
+    """The compiled segment for ``program`` and these argument shapes/shardings, compiled ahead of
+    time on first use (shared across Simulations).  Returns ``(executable, seconds spent compiling)``
+    where the seconds include tracing and lowering (0 when it was cached)."""
+    key = (program, _signature(args))
+    exe = _EXECUTABLES.get(key)
+    if exe is not None:
+        return exe, 0.0
+    t0 = time.perf_counter()
+    exe = compiled_segment(program).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    if len(_EXECUTABLES) >= _MAX_EXECUTABLES:
+        _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
+    _EXECUTABLES[key] = exe
+    return exe, seconds
+
+
+def initial_state(positions, momenta, cell, keys, spec: nl.NeighborSpec, chain_length: int,
+                  dtype=None, xp=jnp) -> MDState:
+    """Pure: a batched state ``(R, ...)`` whose forces and neighbour list are filled in by the
+    refresh at the start of the first segment.  ``positions, momenta (R, N, 3)``,
+    ``cell (R, 3, 3)``, ``keys (R, 2)`` uint32.  ``xp=numpy`` builds it on the host (no compilation)."""
+    dtype = dtype or positions.dtype
+    positions = xp.asarray(positions, dtype)
+    cell = xp.asarray(cell, dtype)
+    r, n = positions.shape[0], positions.shape[1]
+    zeros = lambda *shape: xp.zeros((r,) + shape, dtype)
+    cap = spec.capacity
+    nbrs = nl.NeighborList(
+        senders=xp.full((r, cap), n, np.int32),
+        receivers=xp.full((r, cap), n, np.int32),
+        shifts=xp.zeros((r, cap, 3), np.int32),
+        count=xp.full((r,), -1, np.int32),
+        images_needed=xp.zeros((r, 3), np.int32),
+        reference_positions=positions,
+        reference_cell=cell,
+    )
+    return MDState(
+        positions=positions,
+        momenta=xp.asarray(momenta, dtype),
+        forces=xp.zeros_like(positions),
+        energy=zeros(),
+        stress=zeros(3, 3),
+        cell=cell,
+        reference_cell=cell,
+        box_position=zeros(),
+        box_momentum=zeros(),
+        thermostat_position=zeros(chain_length),
+        thermostat_momentum=zeros(chain_length),
+        barostat_position=zeros(chain_length),
+        barostat_momentum=zeros(chain_length),
+        key=xp.asarray(keys, np.uint32),
+        step=xp.zeros((r,), np.int32),
+        status=xp.full((r,), RUNNING, np.int32),
+        stop_value=zeros(),
+        neighbors=nbrs,
+    )
+

@@ -1,0 +1,548 @@
+"""The MD driver: :class:`Simulation` validates structures, builds states, runs segments in chunks with overflow regrowth, and saves/restores self-describing states.
+
+>>> sim = Simulation(potential, Langevin(timestep=1.0, temperature=300))
+>>> state = sim.init(atoms, replicas=8, seed=0)               # validates, builds lists
+>>> state, traj = sim.run(state, params, n_steps=1000, record_every=10)
+>>> sim.save(state, "out/state.npz")                          # self-describing
+>>> sim2, state = Simulation.restore("out/state.npz", potential)  # continues exactly
+
+How a run works:
+
+* A segment is run in *chunks* of at most ``chunk_steps`` steps (a divisor of the
+  number of records, so one compiled program serves every chunk).  At the end of a
+  chunk the neighbour-list maxima are read; on overflow the capacities grow (for
+  all replicas), and the chunk is rerun from its start state, giving the same
+  trajectory as a run that never overflowed.  After each chunk ``on_chunk`` (if
+  given) receives the state and that chunk's frames: write them, checkpoint, or stop.
+* Safety stops per replica (non-finite values, temperature above a limit, atoms
+  closer than a minimum distance, or a user stop predicate on observables): the
+  replica keeps its last good state, is frozen, and the reason is reported.
+* The replica axis is sharded over the available devices.
+
+:meth:`Simulation.initial_state` and :meth:`Simulation.segment` are the pure,
+differentiable building blocks (no host checks); ``remat=True`` rematerialises
+each step in the backward pass.  The compiled program itself is in :mod:`jaxuft.md.segment`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+
+from ..errors import StructureError
+from ..structures import MIN_DISTANCE, validate_atoms
+from . import neighbors as nl
+from .compilation import CompilationCounter
+from .ensembles import Ensemble
+from .errors import CapacityError, MDInputError
+from .segment import (
+    AXIS, REPLICA_EDGE_BUDGET, Diagnostics, Program, System, _largest_divisor_at_most, executable, initial_state,
+    segment_fn,
+)
+from .state import RUNNING, STATUS_KEYS, STATUS_NAMES, MDState
+from .trajectory import Trajectory
+from .units import KB
+
+
+@dataclass(frozen=True)
+class Safety:
+    """Per-replica stop rules.
+
+    max_temperature: K; default 10x the ensemble temperature (10 000 K for NVE)
+    min_distance:    Å; two atoms closer than this stop the replica
+    """
+
+    max_temperature: float | None = None
+    min_distance: float = 0.5
+
+    def limits(self, ensemble: Ensemble) -> tuple[float, float]:
+        t = self.max_temperature
+        if t is None:
+            t = 10.0 * ensemble.temperature if ensemble.temperature else 10_000.0
+        if not (t > 0 and math.isfinite(t)):
+            raise MDInputError(f"max_temperature must be a positive number of K, got {t!r}")
+        if not (self.min_distance >= 0 and math.isfinite(self.min_distance)):
+            raise MDInputError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
+        return float(t), float(self.min_distance)
+
+
+
+class Simulation:
+    """MD of one composition: an ensemble of replicas driven by a Potential.
+
+    potential:   :class:`~jaxuft.potential.Potential` (its dtype is the MD dtype)
+    ensemble:    from :mod:`jaxuft.md.ensembles`; may be replaced between segments
+                 (``sim.ensemble = sim.ensemble.with_(temperature=400)``: no recompilation
+                 unless the kind or chain length changes)
+    skin:        Verlet buffer, Å (rebuild when an atom moved more than skin/2)
+    headroom:    capacity factor of the Verlet list over the largest pair count seen
+    model_headroom: capacity factor of the pairs handed to the model (within the cutoff);
+                 tight, since every padded edge costs a model evaluation each step
+    safety:      :class:`Safety`
+    observables: ``fn(params, graph, extra) -> dict of arrays``, evaluated for each
+                 replica at every recorded frame inside the compiled scan
+                 (``graph``: the replica's :class:`~jaxuft.graph.Graph` with ``n_atoms + 1``
+                 nodes, the last one padding (arrays of length ``n_atoms + 1`` are trimmed
+                 to ``n_atoms`` when recorded); ``extra``: any pytree of arrays passed to
+                 :meth:`run`, shared by all replicas; changing its values compiles nothing)
+    stop_if:     ``fn(observations, extra) -> bool``: stops a replica at a recorded frame
+    chunk_steps: most steps per compiled chunk (progress and overflow checks between chunks)
+    remat:       rematerialise each step under differentiation (``jax.checkpoint``)
+    shard:       shard the replica axis over ``jax.devices()`` when there are several
+    replica_batch: most replicas advanced together in one vmapped group; larger ensembles run
+                 as consecutive groups inside the same compiled program (same results).  ``None``
+                 (default): all replicas on accelerators or with several devices; on a single
+                 CPU device, groups of about ``REPLICA_EDGE_BUDGET`` model edges (a 197-atom
+                 liquid: 4 replicas), since larger batches only add memory traffic there.
+                 ``0``: all replicas in one group.
+    capacity, model_capacity, images: initial neighbour-list sizes (default: from the
+                 starting structures with ``headroom``); they grow automatically on overflow
+    """
+
+    def __init__(
+        self,
+        potential,
+        ensemble: Ensemble,
+        *,
+        skin: float = 0.5,
+        headroom: float = 1.25,
+        model_headroom: float = 1.05,
+        safety: Safety | None = None,
+        observables: Callable | None = None,
+        stop_if: Callable | None = None,
+        chunk_steps: int = 1000,
+        remat: bool = False,
+        shard: bool = True,
+        replica_batch: int | None = None,
+        capacity: int | None = None,
+        model_capacity: int | None = None,
+        images: tuple | None = None,
+    ):
+        if not (skin > 0 and math.isfinite(skin)):
+            raise MDInputError(f"skin must be a positive distance in Å, got {skin!r}")
+        if not (headroom >= 1.0 and model_headroom >= 1.0):
+            raise MDInputError(f"headroom and model_headroom must be >= 1, got {headroom!r}, {model_headroom!r}")
+        if stop_if is not None and observables is None:
+            raise MDInputError("stop_if needs an observables function")
+        self.potential = potential
+        self.ensemble = ensemble.validate()
+        self.skin = float(skin)
+        self.headroom = float(headroom)
+        self.model_headroom = float(model_headroom)
+        self.safety = safety or Safety()
+        self.observables = observables
+        self.stop_if = stop_if
+        self.chunk_steps = int(chunk_steps)
+        self.remat = bool(remat)
+        self.shard = bool(shard)
+        if replica_batch is not None and (int(replica_batch) != replica_batch or replica_batch < 0):
+            raise MDInputError(f"replica_batch must be a non-negative integer or None, got {replica_batch!r}")
+        self.replica_batch = replica_batch
+        self._initial_sizes = (capacity, model_capacity, None if images is None else tuple(int(i) for i in images))
+        self.dtype = potential.dtype
+        self.spec: nl.NeighborSpec | None = None
+        self.system: System | None = None
+        self.numbers: np.ndarray | None = None
+        self.pbc: tuple | None = None
+        self.regrows = 0
+
+    # ------------------------------------------------------------------ pure functions
+    def program(self, n_records: int, record_every: int, spec=None) -> Program:
+        return Program(
+            module=self.potential.module,
+            ensemble=self.ensemble.static_key,
+            spec=spec or self.spec,
+            n_records=int(n_records),
+            record_every=int(record_every),
+            observables=self.observables,
+            stop_if=self.stop_if,
+            remat=self.remat,
+            replica_batch=self._replica_batch(spec or self.spec),
+        )
+
+    def _replica_batch(self, spec) -> int:
+        if self.replica_batch is not None:
+            return int(self.replica_batch)
+        if jax.default_backend() != "cpu" or (self.shard and len(jax.devices()) > 1):
+            return 0
+        return max(1, REPLICA_EDGE_BUDGET // max(1, spec.model_capacity))
+
+    def conditions(self) -> dict:
+        """Runtime scalars of the current ensemble (ASE units)."""
+        return self.ensemble.conditions(self.dtype)
+
+    def limits(self) -> dict:
+        """Runtime safety limits (K, Å)."""
+        max_t, min_d = self.safety.limits(self.ensemble)
+        return {"max_temperature": np.asarray(max_t, self.dtype), "min_distance": np.asarray(min_d, self.dtype)}
+
+    def initial_state(self, positions, momenta, cell=None, keys=None) -> MDState:
+        """Pure, differentiable: the state of ``R`` replicas from ``positions, momenta (R, N, 3)``
+        (Å, amu·Å/t_ASE), ``cell (R, 3, 3)`` (default: the cell given to :meth:`init`) and
+        ``keys (R, 2)``.  Needs :meth:`init` first (it fixes the system and capacities)."""
+        self._need_init()
+        r = positions.shape[0]
+        if cell is None:
+            cell = jnp.broadcast_to(self._cell0, (r, 3, 3))
+        if keys is None:
+            keys = np.stack([np.random.SeedSequence([0, i]).generate_state(2, np.uint32) for i in range(r)])
+        return initial_state(positions, momenta, cell, keys, self.spec, self.ensemble.chain_length, dtype=self.dtype)
+
+    def segment(self, params, state: MDState, n_steps: int, record_every: int = 1, extra=None):
+        """Pure, differentiable: ``n_steps`` steps of every replica, recording every ``record_every``.
+
+        Returns ``(state, frames, observables, diagnostics)`` with frames ``(R, F, ...)``.
+        No overflow handling: check :meth:`overflowed` on the diagnostics.
+        """
+        self._need_init()
+        if n_steps % record_every:
+            raise MDInputError(f"n_steps ({n_steps}) must be a multiple of record_every ({record_every})")
+        fn = segment_fn(self.program(n_steps // record_every, record_every))
+        return fn(params, self.system, state, self.conditions(), self.limits(), {} if extra is None else extra)
+
+    def overflowed(self, diag: Diagnostics, spec=None) -> bool:
+        """Host check: did any replica exceed a capacity or need more images?"""
+        spec = spec or self.spec
+        d = jax.device_get(diag)
+        return bool(
+            np.any(d.max_count > spec.capacity) or np.any(d.max_model_count > spec.model_capacity)
+            or np.any(d.max_images > np.asarray(spec.images))
+        )
+
+    # ------------------------------------------------------------------ host side
+    def _need_init(self):
+        if self.spec is None or self.system is None:
+            raise MDInputError("call init(...) first: it fixes the system and the neighbour capacities")
+
+    def _check_structures(self, frames: Sequence[Atoms]):
+        ref = frames[0]
+        numbers = ref.get_atomic_numbers()
+        pbc = tuple(bool(p) for p in ref.get_pbc())
+        for k, a in enumerate(frames):
+            label = f"structure {k}" if len(frames) > 1 else "structure"
+            validate_atoms(a, self.potential.cutoff, label)
+            if not np.array_equal(a.get_atomic_numbers(), numbers):
+                raise MDInputError(
+                    f"{label} has a different composition or atom order than structure 0; replicas of one "
+                    "simulation must share the same atoms in the same order"
+                )
+            if tuple(bool(p) for p in a.get_pbc()) != pbc:
+                raise MDInputError(f"{label} has pbc {a.get_pbc().tolist()} but structure 0 has {list(pbc)}")
+            if any(pbc):
+                cell = np.asarray(a.get_cell())
+                if abs(np.linalg.det(cell)) < 1e-6:
+                    raise MDInputError(
+                        f"{label} is periodic along {list(pbc)} but its cell has no volume; MD needs three "
+                        "lattice vectors (add vacuum along non-periodic directions) or pbc=False"
+                    )
+        if self.ensemble.needs_full_pbc and not all(pbc):
+            raise MDInputError(
+                f"the {self.ensemble.kind} ensemble changes the cell and needs a fully periodic structure, "
+                f"but pbc is {list(pbc)}; set atoms.pbc = True with a cell, or use nve/nvt-langevin/nvt-nh"
+            )
+        self.potential.species_map(numbers)  # raises UnknownElementError with a clear message
+        return numbers, pbc
+
+    def _host_counts(self, frames, pbc):
+        """Pair counts and image needs of the starting structures; raises on overlapping atoms."""
+        from ..neighbors import neighbor_list
+
+        cutoff, list_cutoff = self.potential.cutoff, self.potential.cutoff + self.skin
+        _, min_d = self.safety.limits(self.ensemble)
+        limit = max(min_d, MIN_DISTANCE)
+        count = model_count = 0
+        images = np.zeros(3, int)
+        for k, a in enumerate(frames):
+            label = f"structure {k}" if len(frames) > 1 else "structure"
+            snd, rcv, _, d = neighbor_list(a, list_cutoff)
+            close = d < limit
+            if np.any(close):
+                j = int(np.argmin(np.where(close, d, np.inf)))
+                raise StructureError(
+                    f"{label}: atoms {int(snd[j])} and {int(rcv[j])} are {d[j]:.3g} Å apart, closer than the "
+                    f"minimum distance {limit:g} Å (Safety.min_distance); atoms overlap. "
+                    "Check for duplicated atoms, a wrong cell or wrong units."
+                )
+            count = max(count, len(d))
+            model_count = max(model_count, int(np.sum(d < cutoff)))
+            if any(pbc):
+                images = np.maximum(images, nl.images_for(np.asarray(a.get_cell()), pbc, list_cutoff))
+        return count, model_count, tuple(int(i) for i in images)
+
+    def init(
+        self,
+        structures: Atoms | Sequence[Atoms],
+        replicas: int | None = None,
+        seed: int = 0,
+        temperature: float | None = None,
+    ) -> MDState:
+        """Validate the starting structure(s) and build the initial state of all replicas.
+
+        ``structures``: one ``Atoms`` (copied to every replica) or one per replica (same
+        composition and atom order).  Momenta: ``temperature`` (K) given -> Maxwell–Boltzmann
+        with a per-replica seed and zero total momentum; else the structure's momenta if any
+        are non-zero; else Maxwell–Boltzmann at the ensemble temperature (zero for NVE).
+        Nothing is compiled here; errors in the input are raised before any compilation.
+        """
+        frames = [structures] if isinstance(structures, Atoms) else list(structures)
+        if not frames:
+            raise MDInputError("no starting structure given")
+        if replicas is None:
+            replicas = len(frames)
+        if replicas < 1:
+            raise MDInputError(f"replicas must be >= 1, got {replicas}")
+        if len(frames) == 1:
+            frames = frames * replicas
+        elif len(frames) != replicas:
+            raise MDInputError(f"{len(frames)} structures given for {replicas} replicas; give one or one per replica")
+        if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 1e5):
+            raise MDInputError(f"initial temperature must be in [0, 1e5] K, got {temperature!r}")
+        numbers, pbc = self._check_structures(frames)
+        count, model_count, images = self._host_counts(frames, pbc)
+
+        self.numbers = np.asarray(numbers)
+        self.pbc = pbc
+        masses = frames[0].get_masses()
+        self.system = System(
+            species=jax.device_put(np.asarray(self.potential.species_map(numbers), np.int32)),
+            masses=jax.device_put(np.asarray(masses, self.dtype)),
+        )
+        cap0, mcap0, img0 = self._initial_sizes
+        self.spec = nl.NeighborSpec(
+            cutoff=float(self.potential.cutoff),
+            skin=self.skin,
+            capacity=int(cap0) if cap0 else nl.capacity_for(count, self.headroom),
+            model_capacity=int(mcap0) if mcap0 else nl.model_capacity_for(model_count, self.model_headroom),
+            images=tuple(i if p else 0 for i, p in zip(img0, pbc)) if img0 is not None else images,
+            pbc=pbc,
+        )
+        positions = np.stack([a.get_positions() for a in frames])
+        cells = np.stack([np.asarray(a.get_cell()) if any(pbc) else np.zeros((3, 3)) for a in frames])
+        self._cell0 = jax.device_put(np.asarray(cells[0], self.dtype))
+
+        keys = np.stack([np.random.SeedSequence([int(seed), r]).generate_state(4, np.uint32).reshape(2, 2)
+                         for r in range(replicas)])
+        t0 = temperature
+        if t0 is None:
+            given = np.stack([a.get_momenta() for a in frames])
+            if np.any(given != 0):
+                momenta = given
+            else:
+                t0 = self.ensemble.temperature or 0.0
+        if t0 is not None:
+            momenta = np.stack([maxwell_boltzmann(None, masses, t0, seed=keys[r, 0]) for r in range(replicas)])
+        state = initial_state(positions, momenta, cells, keys[:, 1], self.spec, self.ensemble.chain_length,
+                              dtype=self.dtype, xp=np)
+        return self._place(jax.device_put(state))  # device_put compiles nothing (jnp.asarray would)
+
+    def _params(self, params):
+        """Params in the MD dtype, on device, without compiling anything for already-right leaves."""
+        dtype = self.dtype
+
+        def cast(x):
+            if isinstance(x, jax.Array):
+                return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype else x
+            x = np.asarray(x)
+            return jax.device_put(x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x)
+
+        return jax.tree_util.tree_map(cast, self.potential.params if params is None else params)
+
+    def _place(self, state: MDState) -> MDState:
+        """Shard the replica axis over the devices (when there are several)."""
+        devices = jax.devices()
+        r = state.positions.shape[0]
+        if not self.shard or len(devices) < 2:
+            return state
+        d = _largest_divisor_at_most(r, len(devices))
+        if d < 2:
+            return state
+        mesh = jax.sharding.Mesh(np.asarray(devices[:d]), (AXIS,))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+        return jax.device_put(state, sharding)
+
+    def _conform(self, state: MDState) -> MDState:
+        """Adapt a state (e.g. restored, or from another ensemble) to the current capacities/chain."""
+        n = len(self.numbers)
+        cap = state.neighbors.senders.shape[-1]
+        if cap > self.spec.capacity:
+            self.spec = self.spec._replace(capacity=int(cap))
+        elif cap < self.spec.capacity:
+            state = state._replace(neighbors=nl.pad_to(state.neighbors, self.spec.capacity, n))
+        length = self.ensemble.chain_length
+        if state.thermostat_position.shape[-1] != length:
+            fix = lambda a: jnp.zeros(a.shape[:-1] + (length,), a.dtype).at[..., : min(length, a.shape[-1])].set(
+                a[..., :length])
+            state = state._replace(
+                thermostat_position=fix(state.thermostat_position), thermostat_momentum=fix(state.thermostat_momentum),
+                barostat_position=fix(state.barostat_position), barostat_momentum=fix(state.barostat_momentum),
+            )
+        return state
+
+    def _regrow(self, state: MDState, diag: Diagnostics) -> MDState:
+        d = jax.device_get(diag)
+        spec = self.spec
+        n = len(self.numbers)
+        count = int(np.max(d.max_count))
+        model_count = int(np.max(d.max_model_count))
+        images = tuple(int(max(a, b)) for a, b in zip(spec.images, np.max(d.max_images, axis=0)))
+        capacity = nl.capacity_for(count, self.headroom) if count > spec.capacity else spec.capacity
+        model_capacity = (nl.model_capacity_for(model_count, self.model_headroom)
+                          if model_count > spec.model_capacity else spec.model_capacity)
+        limit = n * n * int(np.prod([2 * i + 1 for i in images]))
+        if min(capacity, model_capacity) > 2 * limit + 64:
+            raise CapacityError(f"neighbour capacity {capacity} exceeds every possible pair ({limit}); "
+                                "the structure is collapsing")
+        self.spec = spec._replace(capacity=capacity, model_capacity=model_capacity, images=images)
+        self.regrows += 1
+        return self._place(state._replace(neighbors=nl.pad_to(state.neighbors, capacity, n)))
+
+    def run(
+        self,
+        state: MDState,
+        params=None,
+        n_steps: int = 1000,
+        record_every: int = 1,
+        extra=None,
+        progress: bool | None = None,
+    ) -> tuple[MDState, Trajectory]:
+        """Advance every replica ``n_steps`` steps, recording a frame every ``record_every``.
+
+        ``params`` defaults to the potential's.  Returns the new state and a
+        :class:`~jaxuft.md.trajectory.Trajectory` whose ``report`` holds timings,
+        compilations, capacity regrowths and stop reasons.
+        """
+        self._need_init()
+        n_steps, record_every = int(n_steps), int(record_every)
+        if n_steps < 1 or record_every < 1:
+            raise MDInputError("n_steps and record_every must be >= 1")
+        if n_steps % record_every:
+            raise MDInputError(f"n_steps ({n_steps}) must be a multiple of record_every ({record_every})")
+        state = self._place(self._conform(state))
+        params = self._params(params)
+        extra = {} if extra is None else extra
+        limits, cond = self.limits(), self.conditions()
+        n_records = n_steps // record_every
+        chunk = _largest_divisor_at_most(n_records, max(1, self.chunk_steps // record_every))
+        n_chunks = n_records // chunk
+        r, n_atoms = state.positions.shape[0], state.positions.shape[1]
+        if progress is None:
+            progress = n_chunks > 1
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_steps, unit="step", desc=f"MD {self.ensemble.kind} x{r}", leave=False)
+        extra = jax.device_put(extra)  # arrays with fixed types (python scalars would retrace)
+        counter = CompilationCounter().start()
+        compile_wall = 0.0
+        t_start = time.perf_counter()
+        frames_parts, obs_parts = [], []
+        rebuilds = np.zeros(state.positions.shape[0], np.int64)
+        start_status = np.asarray(jax.device_get(state.status))
+        regrows0 = self.regrows
+        try:
+            for _ in range(n_chunks):
+                while True:
+                    spec = self.spec
+                    args = (params, self.system, state, cond, limits, extra)
+                    fn, seconds = executable(self.program(chunk, record_every, spec), args)
+                    compile_wall += seconds
+                    new_state, frames, obs, diag = fn(*args)
+                    if self.overflowed(diag, spec):
+                        state = self._regrow(state, diag)
+                        continue
+                    break
+                state = new_state
+                rebuilds += np.asarray(jax.device_get(diag.rebuilds))
+                frames_parts.append(jax.device_get(frames))
+                obs_parts.append(jax.device_get(obs))
+                if bar is not None:
+                    bar.update(chunk * record_every)
+        finally:
+            counter.stop()
+            if bar is not None:
+                bar.close()
+        wall = time.perf_counter() - t_start
+        data = {k: np.concatenate([f[k] for f in frames_parts], axis=1) for k in frames_parts[0]}
+        observables = {k: np.concatenate([o[k] for o in obs_parts], axis=1) for k in obs_parts[0]}
+        data["time"] = data["step"] * self.ensemble.timestep
+        valid = _valid_frames(data["status"], start_status)
+        report = self._report(state, n_steps, r, n_atoms, wall, compile_wall, counter, self.regrows - regrows0)
+        report["neighbour_rebuilds"] = rebuilds.tolist()
+        traj = Trajectory(
+            data=data, observables=observables, valid=valid, numbers=self.numbers,
+            masses=np.asarray(self.system.masses), pbc=np.asarray(self.pbc), timestep_fs=self.ensemble.timestep,
+            report=report,
+        )
+        return state, traj
+
+    def _report(self, state, n_steps, r, n_atoms, wall, compile_wall, counter, regrows) -> dict:
+        status = np.asarray(jax.device_get(state.status))
+        steps = np.asarray(jax.device_get(state.step))
+        values = np.asarray(jax.device_get(state.stop_value))
+        compute = max(wall - compile_wall, 1e-12)
+        return {
+            "ensemble": self.ensemble.describe(),
+            "n_steps": n_steps,
+            "replicas": r,
+            "atoms": n_atoms,
+            "wall_s": wall,
+            "compile_s": compile_wall,  # tracing + lowering + XLA compilation of new segment programs
+            "xla_compile_s": counter.seconds,
+            "compilations": counter.count,
+            "atom_steps_per_s": n_steps * r * n_atoms / compute,
+            "atom_steps_per_s_incl_compile": n_steps * r * n_atoms / max(wall, 1e-12),
+            "capacity_regrows": regrows,
+            "capacity": self.spec.capacity,
+            "model_capacity": self.spec.model_capacity,
+            "images": list(self.spec.images),
+            "stops": stop_reasons(status, steps, values),
+        }
+
+
+def _valid_frames(status: np.ndarray, start_status: np.ndarray) -> np.ndarray:
+    """Frames of running replicas, plus the first frame after a stop in this segment (its last good state)."""
+    running = status == RUNNING
+    first_stop = np.zeros_like(running)
+    for r in range(status.shape[0]):
+        if start_status[r] != RUNNING:
+            continue
+        idx = np.nonzero(~running[r])[0]
+        if idx.size:
+            first_stop[r, idx[0]] = True
+    return running | first_stop
+
+
+def stop_reasons(status, steps, values) -> list[dict]:
+    """One entry per replica: status key, message, last good step and the offending value."""
+    out = []
+    for r, (s, st, v) in enumerate(zip(np.ravel(status), np.ravel(steps), np.ravel(values))):
+        s = int(s)
+        entry = {"replica": r, "status": STATUS_KEYS.get(s, str(s)), "step": int(st)}
+        if s != RUNNING:
+            entry["message"] = STATUS_NAMES.get(s, "stopped")
+            if np.isfinite(v):
+                entry["value"] = float(v)
+        out.append(entry)
+    return out
+
+
+def maxwell_boltzmann(key, masses, temperature_k: float, seed=None) -> np.ndarray:
+    """Momenta (N, 3) drawn at ``temperature_k`` with zero total momentum (amu·Å/t_ASE).
+
+    Drawn on the host (numpy, seeded from ``seed`` or the key's bits) so nothing compiles."""
+    masses = np.asarray(masses, dtype=np.float64)
+    if temperature_k <= 0:
+        return np.zeros((len(masses), 3))
+    entropy = [int(v) for v in np.ravel(np.asarray(key))] if seed is None else [int(v) for v in np.ravel(seed)]
+    xi = np.random.default_rng(entropy).standard_normal((len(masses), 3))
+    p = xi * np.sqrt(masses * KB * temperature_k)[:, None]
+    p -= masses[:, None] * (p.sum(axis=0) / masses.sum())
+    return p
