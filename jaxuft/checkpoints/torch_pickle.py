@@ -105,11 +105,73 @@ __all__ = [
     "TorchDtype",
     "DEFAULT_MAX_TOTAL_BYTES",
     "DEFAULT_MAX_PICKLE_BYTES",
+    "DEFAULT_MAX_OBJECTS",
 ]
 
 DEFAULT_MAX_TOTAL_BYTES = 4 << 30  # decompressed zip content and tensor copies
 DEFAULT_MAX_PICKLE_BYTES = 512 << 20  # size of data.pkl
+DEFAULT_MAX_OBJECTS = 20_000_000  # objects (and container items) built while unpickling
 MAX_MODULE_DEPTH = 200  # nesting of torch modules walked by the helpers
+MAX_MODULE_VISITS = 200_000  # module visits of one tree walk (a DAG of shared modules expands)
+MAX_EXPANDED_TENSOR_BYTES = 16 << 20  # a tensor bigger than its storage (stride 0) stays below this
+AUTO_MEMORY_SLACK = 256 << 20  # default memory cap: 2x the stored tensor bytes + this
+
+# Set while an unpickler runs: the _LoadContext of that load (object budget, file name).
+_LOADING: contextvars.ContextVar = contextvars.ContextVar("jaxuft_loading", default=None)
+
+
+class _LoadContext:
+    """What one load shares with the placeholders it creates: the file name (for
+    messages) and the budget on objects built (so a few KB of pickle that
+    re-uses memoised containers cannot make billions of objects)."""
+
+    __slots__ = ("path", "max_objects", "objects")
+
+    def __init__(self, path: str, max_objects: int):
+        self.path, self.max_objects, self.objects = path, max_objects, 0
+
+    def charge(self, n: int) -> None:
+        self.objects += n
+        if self.objects > self.max_objects:
+            raise CheckpointError(
+                f"{self.path}: unpickling builds more than {self.max_objects} objects (a pickle "
+                "that re-uses its containers to multiply its size?); refusing. Raise max_objects "
+                "if the file is genuine and trusted.")
+
+
+def _charge(n: int) -> None:
+    ctx = _LOADING.get()
+    if ctx is not None:
+        ctx.charge(n)
+
+
+def _weight(x) -> int:
+    """Objects a constructor call with argument ``x`` may build (strings count as one:
+    their bytes are already in the pickle)."""
+    if isinstance(x, (list, tuple, dict, set, frozenset)):
+        return 1 + len(x)
+    return 1
+
+
+class _Walk:
+    """Budget of one walk over a module tree (torch expands shared modules on every
+    path, so a DAG of depth n would list 2**n entries)."""
+
+    __slots__ = ("visits", "where")
+
+    def __init__(self, where: str):
+        self.visits, self.where = 0, where
+
+    def visit(self, depth: int) -> None:
+        if depth > MAX_MODULE_DEPTH:
+            raise CheckpointError(f"{self.where}: torch modules nested deeper than "
+                                  f"{MAX_MODULE_DEPTH} (a cycle?); refusing to walk the tree")
+        self.visits += 1
+        if self.visits > MAX_MODULE_VISITS:
+            raise CheckpointError(
+                f"{self.where}: walking the module tree visits more than {MAX_MODULE_VISITS} "
+                "modules: submodules are shared along many paths (a DAG, which torch would "
+                "also expand on every path); this is not a model file jaxuft can convert")
 
 # Set while an unpickler runs: called with every PickledObject after its BUILD.
 _ON_SETSTATE: contextvars.ContextVar = contextvars.ContextVar("jaxuft_on_setstate",
@@ -177,13 +239,17 @@ class PickledObject:
     """
 
     __slots__ = ("_pk_args", "_pk_kwargs", "_pk_state", "_pk_list", "_pk_dict",
-                 "__dict__")
+                 "_pk_source", "__dict__")
     _pk_qualname = "?"
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
         self._pk_args, self._pk_kwargs, self._pk_state = args, kwargs, None
         self._pk_list, self._pk_dict = [], {}
+        ctx = _LOADING.get()
+        self._pk_source = ctx.path if ctx is not None else "checkpoint"
+        if ctx is not None:
+            ctx.charge(1 + len(args) + len(kwargs))
         return self
 
     def __init__(self, *args, **kwargs):
@@ -197,18 +263,23 @@ class PickledObject:
         parts = state if _is_dict_slots_pair(state) else (state,)
         for part in parts:
             if isinstance(part, dict):
+                _charge(1 + len(part))
                 self.__dict__.update((k, v) for k, v in part.items() if isinstance(k, str))
         hook = _ON_SETSTATE.get()
         if hook is not None:
             hook(self)
 
     def append(self, item):  # APPENDS on a list subclass
+        _charge(1)
         self._pk_list.append(item)
 
     def extend(self, items):
+        items = list(items)
+        _charge(len(items))
         self._pk_list.extend(items)
 
     def __setitem__(self, key, value):  # SETITEMS on a dict subclass
+        _charge(1)
         self._pk_dict[key] = value
 
     # -- generic data access
@@ -282,11 +353,14 @@ class PickledObject:
             yield m
 
     def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True,
-                      _depth: int = 0):
-        """Like ``torch.nn.Module.named_modules`` (self first, depth first)."""
+                      _depth: int = 0, _walk: "_Walk | None" = None):
+        """Like ``torch.nn.Module.named_modules`` (self first, depth first).
+
+        Raises :class:`CheckpointError` (naming the file) for trees nested deeper than
+        ``MAX_MODULE_DEPTH`` or walks longer than ``MAX_MODULE_VISITS``."""
         self._require_module()
-        if _depth > MAX_MODULE_DEPTH:
-            raise CheckpointError(f"torch modules nested deeper than {MAX_MODULE_DEPTH}")
+        walk = _Walk(self._pk_source) if _walk is None else _walk
+        walk.visit(_depth)
         memo = set() if memo is None else memo
         if remove_duplicate:
             if id(self) in memo:
@@ -297,7 +371,7 @@ class PickledObject:
             if m is None or not isinstance(m, PickledObject):
                 continue
             sub = f"{prefix}.{name}" if prefix else name
-            yield from m.named_modules(memo, sub, remove_duplicate, _depth + 1)
+            yield from m.named_modules(memo, sub, remove_duplicate, _depth + 1, walk)
 
     def modules(self) -> Iterator[PickledObject]:
         for _, m in self.named_modules():
@@ -332,13 +406,16 @@ class PickledObject:
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
-    def state_dict(self, prefix: str = "", _depth: int = 0) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, prefix: str = "", _depth: int = 0,
+                   _walk: "_Walk | None" = None) -> "OrderedDict[str, np.ndarray]":
         """Flattened parameters and persistent buffers, named exactly like
         ``torch.nn.Module.state_dict()`` (arrays are shared, not copied;
-        ``get_extra_state`` and state-dict hooks are not reproduced)."""
+        ``get_extra_state`` and state-dict hooks are not reproduced).  A shared
+        submodule appears under every path, as in torch; a tree whose sharing
+        expands past ``MAX_MODULE_VISITS`` visits is refused (naming the file)."""
         self._require_module()
-        if _depth > MAX_MODULE_DEPTH:
-            raise CheckpointError(f"torch modules nested deeper than {MAX_MODULE_DEPTH}")
+        walk = _Walk(self._pk_source) if _walk is None else _walk
+        walk.visit(_depth)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         d = self.__dict__
         skip = d.get("_non_persistent_buffers_set") or ()
@@ -350,7 +427,7 @@ class PickledObject:
                 out[prefix + name] = b
         for name, m in d["_modules"].items():
             if isinstance(m, PickledObject):
-                out.update(m.state_dict(prefix + name + ".", _depth + 1))
+                out.update(m.state_dict(prefix + name + ".", _depth + 1, walk))
         return out
 
 
@@ -384,6 +461,7 @@ class _Callable(_Frozen):
         self._init(qualname=qualname, fn=fn)
 
     def __call__(self, *args, **kwargs):
+        _charge(1 + sum(map(_weight, args)) + sum(map(_weight, kwargs.values())))
         return self.fn(*args, **kwargs)
 
     def __repr__(self):
@@ -655,6 +733,34 @@ def _getattr(obj, name):
     raise _Refused(f"builtins.getattr({obj!r:.80}, {name!r:.80})")
 
 
+class _FrozenType(type):
+    """Metaclass of the charged container types: a BUILD opcode cannot modify them."""
+
+    def __setattr__(cls, name, value):
+        raise CheckpointError("malformed pickle: attempt to modify a shared stand-in")
+
+    __delattr__ = __setattr__
+
+
+def _charged_type(base: type, qualname: str) -> type:
+    """A stand-in for the container type ``base`` that charges the load's object
+    budget by the size of its arguments and returns a plain ``base`` instance (for
+    REDUCE calls and NEWOBJ ``cls.__new__(cls, ...)`` alike)."""
+
+    def __new__(cls, *args, **kwargs):
+        _charge(1 + sum(map(_weight, args)) + sum(map(_weight, kwargs.values())))
+        return base(*args, **kwargs)
+
+    return _FrozenType(base.__name__, (base,), {"__new__": __new__, "__slots__": (),
+                                                "__qualname__": qualname})
+
+
+_CHARGED_TYPES = {q: _charged_type(t, q) for q, t in [
+    ("collections.OrderedDict", OrderedDict), ("collections.Counter", Counter),
+    ("builtins.set", set), ("builtins.frozenset", frozenset), ("builtins.complex", complex),
+    ("builtins.tuple", tuple), ("builtins.list", list), ("builtins.dict", dict)]}
+
+
 # Refused with a specific explanation (still UnsafeCheckpointError).
 _REFUSED_HINTS = {
     "torch.jit.": "TorchScript objects carry compiled code",
@@ -668,11 +774,8 @@ def _global_table() -> dict[str, Any]:
     """Exact dotted name -> the stand-in :meth:`find_class` returns (a str
     names a method of the unpickler).  Only immutable objects are shared."""
     t: dict[str, Any] = {
-        "collections.OrderedDict": OrderedDict,
-        "collections.Counter": Counter,
-        "builtins.set": set, "builtins.frozenset": frozenset, "builtins.slice": slice,
-        "builtins.complex": complex, "builtins.tuple": tuple, "builtins.list": list,
-        "builtins.dict": dict, "builtins.object": object,
+        **_CHARGED_TYPES,
+        "builtins.slice": slice, "builtins.object": object,
         "builtins.bytes": _bytes_like(bytes), "builtins.bytearray": _bytes_like(bytearray),
         "_codecs.encode": _codecs_encode,
         "copyreg._reconstructor": _reconstructor,
@@ -704,8 +807,8 @@ def _global_table() -> dict[str, Any]:
     t["torch._tensor._rebuild_from_type_v2"] = "_rebuild_from_type_v2"
     t["torch.tensor._rebuild_from_type_v2"] = "_rebuild_from_type_v2"  # old module name
     # Shared stand-ins must be immutable: builtin types are; wrap our functions.
-    builtin_types = (OrderedDict, set, frozenset, slice, complex, tuple, list, dict, object)
-    return {k: v if isinstance(v, (str, _Frozen, PickledClass)) or v in builtin_types
+    unwrapped = (slice, object, *_CHARGED_TYPES.values())
+    return {k: v if isinstance(v, (str, _Frozen, PickledClass)) or v in unwrapped
             else _Callable(k, v) for k, v in t.items()}
 
 
@@ -738,9 +841,10 @@ class _Storage:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, reader: "_ZipReader", allow_prefixes=(), permissive=False,
-                 torchscript=False):
+                 torchscript=False, max_objects: int = DEFAULT_MAX_OBJECTS):
         super().__init__(file, encoding="utf-8")
         self.reader = reader
+        self.max_objects = max_objects
         self.allow_prefixes = tuple(p if p.endswith(".") else p + "." for p in allow_prefixes)
         self.torchscript = torchscript  # inside an e3nn __codegen__ TorchScript blob
         self.codegen: list[PickledObject] = []  # objects whose state has __codegen__
@@ -840,6 +944,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
                     f"tensor of shape {tuple(size)} (stride {tuple(stride)}, offset {offset}) "
                     f"needs {extent} elements of {raw} but storage data/{storage.key} "
                     f"holds only {numel}; the checkpoint is corrupt")
+            if math.prod(size) > numel and out_nbytes > MAX_EXPANDED_TENSOR_BYTES:
+                raise CheckpointError(
+                    f"tensor of shape {tuple(size)} (stride {tuple(stride)}) declares "
+                    f"{math.prod(size)} elements but storage data/{storage.key} holds only "
+                    f"{numel}: repeating stored elements (stride 0) to {out_nbytes} bytes exceeds "
+                    f"the limit of {MAX_EXPANDED_TENSOR_BYTES} bytes for such views; refusing")
             base = np.frombuffer(data, dtype=raw.newbyteorder(self.reader.byteorder), count=numel)
             view = np.lib.stride_tricks.as_strided(
                 base[offset:], shape=size, strides=[s * raw.itemsize for s in stride],
@@ -868,10 +978,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def load(self):
         token = _ON_SETSTATE.set(self._setstate_seen)
+        ctx = _LOADING.get()  # a TorchScript blob inside a file shares the file's budget
+        ctx_token = _LOADING.set(_LoadContext(self.reader.path, self.max_objects)
+                                 if ctx is None else ctx)
         try:
             obj = super().load()
         finally:
             _ON_SETSTATE.reset(token)
+            _LOADING.reset(ctx_token)
         for o in self.codegen:
             _expand_codegen(o, self)
         return obj
@@ -920,9 +1034,10 @@ def _expand_codegen(obj: PickledObject, parent: _RestrictedUnpickler) -> None:
         reader = _ZipReader(where, zf, r.max_total - r.used, r.max_pickle, torchscript=True)
         classes = _script_classes(reader)
         u = _RestrictedUnpickler(io.BytesIO(reader.read(reader.pickle_name, r.max_pickle)),
-                                 reader, parent.allow_prefixes, torchscript=True)
+                                 reader, parent.allow_prefixes, torchscript=True,
+                                 max_objects=parent.max_objects)
         modules[fname] = _script_module(u.load(), classes, where)
-        r.used += reader.used
+        r.account(reader.used, f"the tensors of {where}")
         parent.seen |= u.seen
         parent.bf16 |= u.bf16
     obj.__dict__["__codegen__"] = list(codegen)  # as e3nn leaves it
@@ -1006,12 +1121,18 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, struct.error,
 
 class _ZipReader:
     def __init__(self, path: str, zf: zipfile.ZipFile, max_total_bytes: int,
-                 max_pickle_bytes: int, torchscript: bool = False):
+                 max_pickle_bytes: int, torchscript: bool = False,
+                 max_memory_bytes: int | None = None):
         self.path, self.zf = path, zf
         self.max_total, self.max_pickle = max_total_bytes, max_pickle_bytes
-        self.used = 0
+        self.used = 0  # bytes of tensors produced
         self.cache: dict[str, bytes] = {}
         infos = zf.infolist()
+        stored = sum(i.file_size for i in infos if "/data/" in f"/{i.filename}")
+        #: memory cap on tensors produced: views may copy a storage more than once, but
+        #: not without bound (default: twice the stored tensor bytes + 256 MiB)
+        self.max_memory = min(max_total_bytes, 2 * stored + AUTO_MEMORY_SLACK
+                              if max_memory_bytes is None else max_memory_bytes)
         declared = sum(i.file_size for i in infos)
         if declared > max_total_bytes:
             raise CheckpointError(
@@ -1050,6 +1171,11 @@ class _ZipReader:
             raise CheckpointError(
                 f"{self.path}: reading {what} exceeds the limit of {self.max_total} bytes "
                 "(raise max_total_bytes if this is genuine)")
+        if self.used > self.max_memory:
+            raise CheckpointError(
+                f"{self.path}: reading {what} exceeds the limit of {self.max_memory} bytes of "
+                "tensor memory (the file stores far less tensor data than its tensors declare; "
+                "pass max_memory_bytes=N if this is genuine and trusted)")
 
     def read(self, name: str, limit: int) -> bytes:
         try:
@@ -1105,7 +1231,9 @@ def _not_a_zip_reason(path: str) -> str:
 
 def read_checkpoint(path: str | os.PathLike, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
                     max_pickle_bytes: int = DEFAULT_MAX_PICKLE_BYTES,
-                    allow_prefixes: Iterable[str] = ()) -> Any:
+                    allow_prefixes: Iterable[str] = (),
+                    max_objects: int = DEFAULT_MAX_OBJECTS,
+                    max_memory_bytes: int | None = None) -> Any:
     """Load the object tree of a ``torch.save`` file without torch or code execution.
 
     Tensors come back as numpy arrays; classes/objects/functions as
@@ -1115,14 +1243,20 @@ def read_checkpoint(path: str | os.PathLike, *, max_total_bytes: int = DEFAULT_M
     ``max_total_bytes`` caps the declared content of the zip and the total
     size of tensors produced; ``max_pickle_bytes`` caps ``data.pkl``;
     ``allow_prefixes`` adds package prefixes (e.g. ``"nequip."``) whose
-    names become placeholders too.
+    names become placeholders too.  ``max_objects`` caps the objects (and
+    container items) unpickling may build; ``max_memory_bytes`` caps the
+    memory of the tensors produced (default: twice the tensor bytes the file
+    stores, plus 256 MiB), and a tensor that repeats stored elements (stride
+    0) may not exceed 16 MiB.  Every limit fails in seconds with a
+    :class:`CheckpointError` naming the file.
 
     Raises :class:`CheckpointError` for a missing/corrupt/unsupported file
     and :class:`UnsafeCheckpointError` if the pickle names a global outside
     the allowlist (nothing is executed in either case).
     """
     obj, unpickler = _load(os.fspath(path), max_total_bytes, max_pickle_bytes,
-                           tuple(allow_prefixes))
+                           tuple(allow_prefixes), max_objects=max_objects,
+                           max_memory=max_memory_bytes)
     if unpickler.bf16:
         warnings.warn(f"{os.fspath(path)}: bfloat16 tensors were widened (exactly) to float32",
                       stacklevel=2)
@@ -1137,7 +1271,8 @@ def checkpoint_globals(path: str | os.PathLike, *, max_total_bytes: int = DEFAUL
     return sorted(unpickler.seen)
 
 
-def _load(path: str, max_total: int, max_pickle: int, allow_prefixes, permissive=False):
+def _load(path: str, max_total: int, max_pickle: int, allow_prefixes, permissive=False,
+          max_objects: int = DEFAULT_MAX_OBJECTS, max_memory: int | None = None):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file" if not os.path.exists(path)
                               else f"{path} is not a file")
@@ -1149,13 +1284,15 @@ def _load(path: str, max_total: int, max_pickle: int, allow_prefixes, permissive
     except _ZIP_ERRORS as e:
         raise CheckpointError(f"{path}: cannot open zip archive ({type(e).__name__}: {e})") from e
     with zf:
-        reader = _ZipReader(path, zf, max_total, max_pickle)
+        reader = _ZipReader(path, zf, max_total, max_pickle, max_memory_bytes=max_memory)
         pkl = reader.read(reader.pickle_name, max_pickle)
-        return _unpickle(path, pkl, reader, allow_prefixes, permissive)
+        return _unpickle(path, pkl, reader, allow_prefixes, permissive, max_objects)
 
 
-def _unpickle(path, pkl: bytes, reader: _ZipReader, allow_prefixes, permissive=False):
-    u = _RestrictedUnpickler(io.BytesIO(pkl), reader, allow_prefixes, permissive)
+def _unpickle(path, pkl: bytes, reader: _ZipReader, allow_prefixes, permissive=False,
+              max_objects: int = DEFAULT_MAX_OBJECTS):
+    u = _RestrictedUnpickler(io.BytesIO(pkl), reader, allow_prefixes, permissive,
+                             max_objects=max_objects)
     try:
         return u.load(), u
     except _Refused as r:
@@ -1163,7 +1300,8 @@ def _unpickle(path, pkl: bytes, reader: _ZipReader, allow_prefixes, permissive=F
         if not permissive:  # find every refused name (still executes nothing)
             reader.used = 0
             try:
-                refused = _unpickle(path, pkl, reader, allow_prefixes, True)[1].refused or refused
+                refused = _unpickle(path, pkl, reader, allow_prefixes, True,
+                                    max_objects)[1].refused or refused
             except Exception:
                 pass
         raise UnsafeCheckpointError(_unsafe_message(path, refused)) from None
