@@ -38,6 +38,8 @@ _XTB_NAMES = ("xtb", "tblite")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: keyword arguments that change how a calculator talks, not what it computes: left out of the label key
 _NOT_IN_KEY = {"xtb": {"verbosity"}}
+#: built-in oracles whose ``default_parameters`` list every keyword they take
+_STRICT_PARAMS = {"emt", "morse", "lj", "xtb"}
 
 
 class LabellingError(JaxuftError, RuntimeError):
@@ -76,15 +78,15 @@ class OracleConfig(StrictModel):
             return "xtb"
         known = _ase_names()
         if v not in known:
-            raise ValueError(f"unknown oracle name {v!r}; use 'xtb' (tblite) or one of ASE's calculators "
-                             f"({', '.join(known)}), or give factory='module:function'")
+            raise ValueError("unknown oracle name; use 'xtb' (tblite), an ASE calculator name (emt, morse, lj, vasp, "
+                             "gpaw, cp2k, ...: ase.calculators.calculator.names) or factory='module:function'")
         return v
 
     @field_validator("factory")
     @classmethod
     def _check_factory(cls, v):
         if v is not None and not _FACTORY_RE.match(v):
-            raise ValueError(f"factory must look like 'package.module:function', got {v!r}")
+            raise ValueError("factory must look like 'package.module:function'")
         return v
 
     @field_validator("kwargs")
@@ -158,6 +160,17 @@ def _import_factory(spec: str):
     return func
 
 
+def _check_kwargs_known(oracle: OracleConfig, cls) -> None:
+    """Built-in oracles with a complete parameter list refuse misspelt kwargs (ASE would silently keep them)."""
+    if oracle.name not in _STRICT_PARAMS:
+        return
+    allowed = set(getattr(cls, "default_parameters", {}) or {})
+    unknown = sorted(set(oracle.kwargs) - allowed)
+    if unknown:
+        raise LabellingError(f"oracle {oracle.name!r}: bad kwargs {', '.join(unknown)} for {cls.__name__}; "
+                             f"allowed: {', '.join(sorted(allowed))}")
+
+
 def make_calculator(oracle):
     """A fresh ASE calculator for ``oracle`` (an :class:`OracleConfig` or dict)."""
     oracle = as_oracle(oracle)
@@ -172,6 +185,7 @@ def make_calculator(oracle):
             from tblite.ase import TBLite
         except ImportError:
             raise LabellingError("oracle 'xtb' needs tblite: pip install 'jaxuft[xtb]' (or pip install tblite)") from None
+        _check_kwargs_known(oracle, TBLite)
         return TBLite(**kwargs)
     from ase.calculators.calculator import get_calculator_class
 
@@ -179,6 +193,7 @@ def make_calculator(oracle):
         cls = get_calculator_class(oracle.name)
     except ImportError as exc:
         raise LabellingError(f"oracle {oracle.name!r}: its ASE calculator cannot be imported ({exc}); install its package") from None
+    _check_kwargs_known(oracle, cls)
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -102,8 +102,10 @@ def _dask_client(scheduler, n_workers: int):
         # hand each single-threaded worker one label at a time so a crash takes only its own label down
         settings = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
         with dask.config.set(settings):
+            # no dashboard; the scheduler's small HTTP server takes a free local port instead of 8787
             cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=logging.ERROR)
+                                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         try:
             client = distributed.Client(cluster)
             try:
