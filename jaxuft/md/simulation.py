@@ -46,7 +46,7 @@ from .segment import (
     AXIS, REPLICA_EDGE_BUDGET, Diagnostics, Program, System, _largest_divisor_at_most, executable, initial_state,
     segment_fn,
 )
-from .state import RUNNING, STATUS_KEYS, STATUS_NAMES, MDState
+from .state import RUNNING, STATUS_KEYS, STATUS_NAMES, MDState, structure_fingerprint
 from .trajectory import Trajectory
 from .units import KB
 
@@ -151,6 +151,11 @@ class Simulation:
         self.system: System | None = None
         self.numbers: np.ndarray | None = None
         self.pbc: tuple | None = None
+        self.masses: np.ndarray | None = None
+        self.seed: int | None = None  # of init(); recorded in saved states
+        self.fingerprint: str | None = None  # of the starting structures (structure_fingerprint)
+        self.restarted_from: dict | None = None  # set by restore()
+        self.saved_description: dict | None = None  # the file's description, set by restore()
         self.regrows = 0
 
     # ------------------------------------------------------------------ pure functions
@@ -216,6 +221,27 @@ class Simulation:
             or np.any(d.max_images > np.asarray(spec.images))
         )
 
+    # ------------------------------------------------------------------ saved states
+    def save(self, state: MDState, path, extra: dict | None = None):
+        """Write ``state`` atomically with a description of this run (ensemble, capacities, system,
+        seed, dtype, fingerprint of the starting structures, what it was restarted from);
+        ``extra``: a JSON-able dict of the caller's own bookkeeping, returned by
+        ``Simulation.restore(...)[0].saved_description["extra"]``."""
+        from .restart import save
+
+        return save(self, state, path, extra)
+
+    @classmethod
+    def restore(cls, path, potential, **overrides) -> tuple["Simulation", MDState]:
+        """``(Simulation, MDState)`` from a file of :meth:`save`: ``sim.run(state, ...)`` continues
+        exactly where the saved run stopped (bit-identical to a run that never stopped).
+
+        ``overrides``: constructor arguments to change (``ensemble=``, ``observables=``,
+        ``stop_if=``, ``chunk_steps=``, ...); hooks are not saved, pass them again."""
+        from .restart import restore
+
+        return restore(cls, path, potential, **overrides)
+
     # ------------------------------------------------------------------ host side
     def _need_init(self):
         if self.spec is None or self.system is None:
@@ -276,6 +302,18 @@ class Simulation:
                 images = np.maximum(images, nl.images_for(np.asarray(a.get_cell()), pbc, list_cutoff))
         return count, model_count, tuple(int(i) for i in images)
 
+    def _setup(self, numbers, pbc, masses, cell0, spec: nl.NeighborSpec) -> None:
+        """Fix the system (numbers, masses, first cell) and the neighbour capacities."""
+        self.numbers = np.asarray(numbers)
+        self.pbc = tuple(bool(p) for p in pbc)
+        self.masses = np.asarray(masses, np.float64)
+        self.system = System(
+            species=jax.device_put(np.asarray(self.potential.species_map(self.numbers), np.int32)),
+            masses=jax.device_put(np.asarray(self.masses, self.dtype)),
+        )
+        self.spec = spec
+        self._cell0 = jax.device_put(np.asarray(cell0, self.dtype))
+
     def init(
         self,
         structures: Atoms | Sequence[Atoms],
@@ -307,15 +345,9 @@ class Simulation:
         numbers, pbc = self._check_structures(frames)
         count, model_count, images = self._host_counts(frames, pbc)
 
-        self.numbers = np.asarray(numbers)
-        self.pbc = pbc
         masses = frames[0].get_masses()
-        self.system = System(
-            species=jax.device_put(np.asarray(self.potential.species_map(numbers), np.int32)),
-            masses=jax.device_put(np.asarray(masses, self.dtype)),
-        )
         cap0, mcap0, img0 = self._initial_sizes
-        self.spec = nl.NeighborSpec(
+        spec = nl.NeighborSpec(
             cutoff=float(self.potential.cutoff),
             skin=self.skin,
             capacity=int(cap0) if cap0 else nl.capacity_for(count, self.headroom),
@@ -325,7 +357,10 @@ class Simulation:
         )
         positions = np.stack([a.get_positions() for a in frames])
         cells = np.stack([np.asarray(a.get_cell()) if any(pbc) else np.zeros((3, 3)) for a in frames])
-        self._cell0 = jax.device_put(np.asarray(cells[0], self.dtype))
+        self._setup(numbers, pbc, masses, cells[0], spec)
+        self.seed = int(seed)
+        self.fingerprint = structure_fingerprint(numbers, positions, cells, pbc)
+        self.restarted_from = None
 
         keys = np.stack([np.random.SeedSequence([int(seed), r]).generate_state(4, np.uint32).reshape(2, 2)
                          for r in range(replicas)])
@@ -411,12 +446,18 @@ class Simulation:
         record_every: int = 1,
         extra=None,
         progress: bool | None = None,
+        on_chunk: Callable[[MDState, Trajectory], None] | None = None,
     ) -> tuple[MDState, Trajectory]:
         """Advance every replica ``n_steps`` steps, recording a frame every ``record_every``.
 
         ``params`` defaults to the potential's.  Returns the new state and a
         :class:`~jaxuft.md.trajectory.Trajectory` whose ``report`` holds timings,
         compilations, capacity regrowths and stop reasons.
+
+        ``on_chunk(state, frames)``: called after every chunk (at most ``chunk_steps`` steps)
+        with the state at its end and that chunk's frames (a :class:`Trajectory`): write
+        frames and ``self.save(state, path)`` there and a killed run resumes from the last
+        chunk exactly.  An exception it raises stops the run (the state it saw is complete).
         """
         self._need_init()
         n_steps, record_every = int(n_steps), int(record_every)
@@ -459,12 +500,15 @@ class Simulation:
                         state = self._regrow(state, diag)
                         continue
                     break
+                chunk_start_status = np.asarray(jax.device_get(state.status))
                 state = new_state
                 rebuilds += np.asarray(jax.device_get(diag.rebuilds))
                 frames_parts.append(jax.device_get(frames))
                 obs_parts.append(jax.device_get(obs))
                 if bar is not None:
                     bar.update(chunk * record_every)
+                if on_chunk is not None:
+                    on_chunk(state, self._trajectory(frames_parts[-1], obs_parts[-1], chunk_start_status))
         finally:
             counter.stop()
             if bar is not None:
@@ -472,16 +516,18 @@ class Simulation:
         wall = time.perf_counter() - t_start
         data = {k: np.concatenate([f[k] for f in frames_parts], axis=1) for k in frames_parts[0]}
         observables = {k: np.concatenate([o[k] for o in obs_parts], axis=1) for k in obs_parts[0]}
-        data["time"] = data["step"] * self.ensemble.timestep
-        valid = _valid_frames(data["status"], start_status)
         report = self._report(state, n_steps, r, n_atoms, wall, compile_wall, counter, self.regrows - regrows0)
         report["neighbour_rebuilds"] = rebuilds.tolist()
-        traj = Trajectory(
-            data=data, observables=observables, valid=valid, numbers=self.numbers,
-            masses=np.asarray(self.system.masses), pbc=np.asarray(self.pbc), timestep_fs=self.ensemble.timestep,
-            report=report,
+        return state, self._trajectory(data, observables, start_status, report)
+
+    def _trajectory(self, data: dict, observables: dict, start_status, report=None) -> Trajectory:
+        data = dict(data)
+        data["time"] = data["step"] * self.ensemble.timestep
+        return Trajectory(
+            data=data, observables=dict(observables), valid=_valid_frames(data["status"], start_status),
+            numbers=self.numbers, masses=np.asarray(self.system.masses), pbc=np.asarray(self.pbc),
+            timestep_fs=self.ensemble.timestep, report=report or {},
         )
-        return state, traj
 
     def _report(self, state, n_steps, r, n_atoms, wall, compile_wall, counter, regrows) -> dict:
         status = np.asarray(jax.device_get(state.status))

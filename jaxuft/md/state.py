@@ -1,4 +1,4 @@
-"""The MD state (a pytree) and its save/restore to ``.npz``.
+"""The MD state (a pytree) and its self-describing, atomically written ``.npz`` file.
 
 One state type serves every ensemble; fields an ensemble does not use stay zero.
 In the engine every field has a leading replica axis ``R``.
@@ -6,12 +6,18 @@ In the engine every field has a leading replica axis ``R``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import zipfile
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
+from ..fileio import atomic_save_npz, json_clean
+from .errors import MDInputError
 from .neighbors import NeighborList
 
 #: status codes of a replica (0 = running)
@@ -78,10 +84,13 @@ class MDState(NamedTuple):
 
 
 _NBR_PREFIX = "neighbors."
+#: the self-describing state file: ``format`` and ``version`` in its ``description.json`` entry
+STATE_FORMAT = "jaxuft-md-state"
+STATE_VERSION = 2
+_DESCRIPTION_KEY = "description.json"
 
 
-def save_state(state: MDState, path: str | os.PathLike, **metadata) -> None:
-    """Write a (batched) state to ``path`` (.npz).  ``metadata`` values are stored as arrays."""
+def _state_arrays(state: MDState) -> dict:
     arrays = {}
     for name, value in state._asdict().items():
         if name == "neighbors":
@@ -89,17 +98,77 @@ def save_state(state: MDState, path: str | os.PathLike, **metadata) -> None:
                 arrays[_NBR_PREFIX + k] = np.asarray(jax.device_get(v))
         else:
             arrays[name] = np.asarray(jax.device_get(value))
+    return arrays
+
+
+def save_state(state: MDState, path: str | os.PathLike, description: dict | None = None, **metadata) -> Path:
+    """Write a (batched) state to ``path`` (.npz) atomically (a crash leaves the old file or the new one).
+
+    ``description``: a JSON-able dict stored beside the arrays (what :meth:`Simulation.save`
+    writes: ensemble, capacities, system, seed, ...; see :func:`read_state`).
+    ``metadata`` values are stored as arrays (``meta.NAME``)."""
+    arrays = _state_arrays(state)
     for k, v in metadata.items():
         arrays["meta." + k] = np.asarray(v)
-    np.savez(path, **arrays)
+    if description is not None:
+        desc = {"format": STATE_FORMAT, "version": STATE_VERSION, **description}
+        arrays[_DESCRIPTION_KEY] = np.asarray(json.dumps(json_clean(desc), allow_nan=False))
+    return atomic_save_npz(path, **arrays)
 
 
-def load_state(path: str | os.PathLike) -> tuple[MDState, dict]:
-    """Read a state written by :func:`save_state`; returns ``(state, metadata)``."""
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+def read_state(path: str | os.PathLike) -> tuple[MDState, dict, dict | None]:
+    """``(state, metadata, description)`` from a file of :func:`save_state`; ``description`` is None
+    for files written before states described themselves.  Clear errors for missing, truncated or
+    foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise MDInputError(f"state file {path} does not exist; give the state.npz written by an earlier run")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise MDInputError(
+            f"{path} is not a readable MD state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'truncated'}); "
+            "it may be truncated: use the state.npz of a finished chunk or start again"
+        ) from None
+    missing = [k for k in MDState._fields if k != "neighbors" and k not in data]
+    missing += [_NBR_PREFIX + k for k in NeighborList._fields if _NBR_PREFIX + k not in data]
+    if missing:
+        raise MDInputError(f"{path} is not a jaxuft MD state: it lacks {', '.join(missing[:5])}"
+                           f"{' ...' if len(missing) > 5 else ''}")
+    description = None
+    if _DESCRIPTION_KEY in data:
+        try:
+            description = json.loads(str(data[_DESCRIPTION_KEY]))
+        except ValueError:
+            raise MDInputError(f"{path}: its run description is not valid JSON; the file is damaged") from None
+        if description.get("format") != STATE_FORMAT:
+            raise MDInputError(f"{path} is not a jaxuft MD state (format {description.get('format')!r})")
+        if int(description.get("version", 0)) > STATE_VERSION:
+            raise MDInputError(f"{path} was written by a newer jaxuft (state version {description['version']}, "
+                               f"this one reads up to {STATE_VERSION}); upgrade jaxuft")
     put = jax.device_put  # (jnp.asarray would compile a tiny program per array)
     nbr = NeighborList(**{k: put(data[_NBR_PREFIX + k]) for k in NeighborList._fields})
     fields = {k: put(data[k]) for k in MDState._fields if k != "neighbors"}
     meta = {k[5:]: data[k] for k in data if k.startswith("meta.")}
-    return MDState(neighbors=nbr, **fields), meta
+    return MDState(neighbors=nbr, **fields), meta, description
+
+
+def load_state(path: str | os.PathLike) -> tuple[MDState, dict]:
+    """Read a state written by :func:`save_state`; returns ``(state, metadata)``
+    (:meth:`Simulation.restore` also rebuilds the simulation from the file's description)."""
+    state, meta, _ = read_state(path)
+    return state, meta
+
+
+def structure_fingerprint(numbers, positions, cell, pbc) -> str:
+    """sha256 of the starting structure(s): numbers, pbc, cell and positions rounded to 1e-6 Å.
+
+    ``positions`` ``(N, 3)`` or ``(R, N, 3)``, ``cell`` ``(3, 3)`` or ``(R, 3, 3)``."""
+    h = hashlib.sha256()
+    h.update(np.asarray(numbers, np.int64).tobytes())
+    h.update(np.asarray(pbc, bool).tobytes())
+    for a in (cell, positions):
+        # + 0.0 turns -0.0 into 0.0 so both hash alike
+        h.update((np.round(np.asarray(a, np.float64), 6) + 0.0).tobytes())
+    return h.hexdigest()
