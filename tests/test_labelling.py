@@ -301,7 +301,7 @@ def test_dask_two_workers_label_in_parallel_and_survive_a_killed_worker(tmp_path
     res = label_frames(frames, flaky(tmp_path, delay=0.5, log=log), tmp_path / "s", n_workers=2, retries=2,
                        progress=False)
     assert res.n_failed == 0 and res.indices == list(range(6)) and res.n_computed == 6
-    assert res.timings["where"].startswith("a local Dask cluster (2 worker")
+    assert res.timings["where"] == "a local Dask cluster of 2 workers"
     for a, f in zip(frames, res.frames):
         e, F = reference(a, EMT())
         assert f.get_potential_energy() == e
@@ -365,3 +365,19 @@ def test_sigkill_mid_labelling_then_rerun_reuses_labels(tmp_path):
         assert f.get_potential_energy() == g.get_potential_energy()
         np.testing.assert_array_equal(f.get_forces(), g.get_forces())
         np.testing.assert_array_equal(f.get_stress(), g.get_stress())
+
+
+def test_existing_client_and_scheduler_address(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    frames = cu_frames(3)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        res = label_frames(frames, OracleConfig(name="emt"), tmp_path / "s", scheduler=client, progress=False)
+        assert res.n_computed == 3 and res.timings["where"].startswith("the given Dask client")
+        assert client.status == "running"                              # a user's client is left open
+        more = cu_frames(4)
+        res2 = label_frames(more, OracleConfig(name="emt"), tmp_path / "s", scheduler=client.scheduler.address,
+                            progress=False)
+        assert (res2.n_reused, res2.n_computed) == (3, 1)
+        assert res2.timings["where"].startswith("the Dask scheduler")
+        for a, f in zip(more, res2.frames):
+            assert f.get_potential_energy() == reference(a, EMT())[0]

@@ -67,10 +67,14 @@ def _check_frames(frames) -> list:
     return frames
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _format_error(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "KilledWorker":
-        text = f"the worker died while computing this label (KilledWorker: {exc})"
+        text = "the worker process died while computing this label (killed, crashed or out of memory: KilledWorker)"
     elif name == "CancelledError":
         text = "the task was cancelled (the scheduler or its workers went away)"
     else:
@@ -95,21 +99,22 @@ def _dask_client(scheduler, n_workers: int):
         raise LabellingError("labelling on Dask needs 'distributed' (pip install distributed), "
                              "or pass n_workers=0 to label in this process") from None
     if isinstance(scheduler, distributed.Client):
-        yield scheduler, f"the given Dask client ({scheduler.scheduler.address})"
+        yield scheduler, f"the given Dask client ({scheduler.scheduler.address})", None
         return
     if scheduler is None:
-        # our own scheduler: report a dead worker at once (we retry ourselves, counting attempts), and
-        # hand each single-threaded worker one label at a time so a crash takes only its own label down
-        settings = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
-        with dask.config.set(settings):
+        # our own scheduler reports a dead worker at once (we retry, counting attempts, and log it
+        # ourselves, so dask's own error logs are silenced); at most n_workers labels are in flight
+        # (the third value), so each single-threaded worker holds one label and a crash takes only it down
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             # no dashboard; the scheduler's small HTTP server takes a free local port instead of 8787
             cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                                               host="127.0.0.1", dashboard_address=None,
+                                               silence_logs=logging.CRITICAL,
                                                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         try:
             client = distributed.Client(cluster)
             try:
-                yield client, f"a local Dask cluster ({n_workers} worker processes)"
+                yield client, f"a local Dask cluster of {_n(n_workers, 'worker')}", n_workers
             finally:
                 client.close()
         finally:
@@ -122,7 +127,7 @@ def _dask_client(scheduler, n_workers: int):
             raise LabellingError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}; start it (dask scheduler / "
                                  "dask-jobqueue) and pass its address, e.g. scheduler='tcp://host:8786'") from None
         try:
-            yield client, f"the Dask scheduler {client.scheduler.address}"
+            yield client, f"the Dask scheduler {client.scheduler.address}", None
         finally:
             client.close()
         return
@@ -192,13 +197,19 @@ def _run_in_process(todo: dict[str, int], book: _Book, timeout) -> None:
             break
 
 
-def _run_dask(todo: dict[str, int], book: _Book, timeout, client) -> None:
+def _run_dask(todo: dict[str, int], book: _Book, timeout, client, max_in_flight: Optional[int]) -> None:
+    """Submit the labels (at most ``max_in_flight`` at a time; None: all at once) and store each as it completes."""
     from distributed import as_completed
 
     oracle = book.oracle.model_dump(mode="json")
     token = uuid.uuid4().hex[:8]
     pending: dict[Any, str] = {}
+    waiting = list(todo)[::-1]  # popped from the end: input order
     ac = as_completed()
+
+    def fill() -> None:
+        while waiting and (max_in_flight is None or len(pending) < max_in_flight):
+            submit(waiting.pop())
 
     def submit(key: str) -> None:
         book.attempts[key] = book.attempts.get(key, 0) + 1
@@ -207,8 +218,7 @@ def _run_dask(todo: dict[str, int], book: _Book, timeout, client) -> None:
         pending[fut] = key
         ac.add(fut)
 
-    for key in todo:
-        submit(key)
+    fill()
     try:
         for fut in ac:
             key = pending.pop(fut)
@@ -217,11 +227,12 @@ def _run_dask(todo: dict[str, int], book: _Book, timeout, client) -> None:
                 out = fut.result()
             except Exception as exc:  # remote exception, KilledWorker, cancellation
                 if book.failure(key, index, _format_error(exc)):
-                    submit(key)
+                    waiting.append(key)  # next in line
             else:
                 book.success(key, index, out)
             finally:
                 fut.release()
+            fill()
     finally:
         for fut in list(pending):
             fut.cancel()
@@ -305,23 +316,23 @@ def label_frames(frames, oracle, store, *, scheduler=None, n_workers: int = 2, r
         book = _Book(frames, keys, shashes, oracle, store, retries, bar)
         if todo:
             if where is not None:
-                log.info("labelling %d frames with %s in %s: %d reused from %s, %d to compute",
-                         len(frames), oracle.label, where, n_reused, store.path, len(todo))
+                log.info("labelling %s with %s in %s: %d reused from %s, %d to compute",
+                         _n(len(frames), "frame"), oracle.label, where, n_reused, store.path, len(todo))
                 t0 = time.perf_counter()
                 _run_in_process(todo, book, timeout)
                 timings["labels_s"] = time.perf_counter() - t0
             else:
                 t0 = time.perf_counter()
-                with _dask_client(scheduler, n_workers) as (client, where):
+                with _dask_client(scheduler, n_workers) as (client, where, max_in_flight):
                     timings["setup_s"] = time.perf_counter() - t0
-                    log.info("labelling %d frames with %s on %s: %d reused from %s, %d to compute",
-                             len(frames), oracle.label, where, n_reused, store.path, len(todo))
+                    log.info("labelling %s with %s on %s: %d reused from %s, %d to compute",
+                             _n(len(frames), "frame"), oracle.label, where, n_reused, store.path, len(todo))
                     t1 = time.perf_counter()
-                    _run_dask(todo, book, timeout, client)
+                    _run_dask(todo, book, timeout, client, max_in_flight)
                     timings["labels_s"] = time.perf_counter() - t1
         elif frames:
-            log.info("labelling %d frames with %s: all %d labels reused from %s", len(frames), oracle.label,
-                     n_reused, store.path)
+            log.info("labelling %s with %s: all %s reused from %s", _n(len(frames), "frame"), oracle.label,
+                     _n(n_reused, "label"), store.path)
 
     records.update(book.records)
     failures = {**earlier_failures, **book.failures}
@@ -341,7 +352,7 @@ def label_frames(frames, oracle, store, *, scheduler=None, n_workers: int = 2, r
     result = LabelResult(out_frames, failed, n_computed=len(book.records), n_reused=n_reused, timings=timings,
                          keys=list(keys), indices=indices)
     if todo:
-        log.info("labelled %d new frames in %.1f s (%s per label), %d reused, %d failed", result.n_computed,
+        log.info("labelled %s in %.1f s (%s per label), %d reused, %d failed", _n(result.n_computed, "new frame"),
                  timings["labels_s"], f"{timings['mean_label_s']:.2f} s" if secs else "n/a", n_reused, len(failed))
     if len(out_frames) < min_success:
         first_err = failed[0]["error"] if failed else "none"
