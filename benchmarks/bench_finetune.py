@@ -1,7 +1,11 @@
-"""Fine-tuning throughput: jaxuft (optax) vs mace-torch's trainer, same MACE model, same frames.
+"""Fine-tuning benchmarks: throughput vs mace-torch, the settings sweep behind the defaults, learning curves.
 
     python benchmarks/bench_finetune.py                      # mp0b-small, 10 chclca frames, batch 2
     python benchmarks/bench_finetune.py --preset tiny --frames 20 --record
+    python benchmarks/bench_finetune.py sweep --out sweep.json [--record]      # SevenNet-0, few FT5 frames
+    python benchmarks/bench_finetune.py curve --out curve.json [--record]      # held-out error vs #frames
+
+``sweep`` and ``curve`` are described in :func:`sweep_main` (they need the paper data).
 
 Both sides train every non-buffer parameter of the same randomly initialised
 mace-torch model (built by ``tests/reference/mace_build.py`` in ``.venvs/mace``;
@@ -225,5 +229,160 @@ def main(argv=None) -> int:
     return 0
 
 
+# ---- settings sweep and learning curves (SevenNet-0 on the paper frames) ----------------------
+#: sweep candidates: name -> FinetuneConfig changes on top of the shared sweep settings
+SWEEP = {
+    "mace-torch (old defaults)": {"preset": "mace-torch"},
+    "lr 1e-3": {"preset": "mace-torch", "optim": {"lr": 1e-3}},
+    "lr 3e-4": {"preset": "mace-torch", "optim": {"lr": 3e-4}},
+    "lr 1e-4": {"preset": "mace-torch", "optim": {"lr": 1e-4}},
+    "lr 1e-3 + clip 1": {"preset": "mace-torch", "optim": {"lr": 1e-3, "clip_grad": 1.0}},
+    "lr 1e-3 + warmup 1 + EMA 0.99": {"preset": "mace-torch", "optim": {"lr": 1e-3, "warmup_epochs": 1.0, "ema_decay": 0.99}},
+    "lr 3e-4 + warmup 1 + EMA 0.99": {"preset": "mace-torch", "optim": {"lr": 3e-4, "warmup_epochs": 1.0, "ema_decay": 0.99}},
+    "lr 1e-3, trunk x0.1": {"preset": "mace-torch", "optim": {"lr": 1e-3, "group_lr": {"trunk": 0.1}}},
+    "lr 1e-3, readouts only": {"preset": "mace-torch", "freeze": "readouts", "optim": {"lr": 1e-3}},
+    "lr 1e-3 + E0s lstsq": {"preset": "mace-torch", "e0s": "lstsq", "optim": {"lr": 1e-3}},
+    "lr 3e-4 + warmup + EMA + E0s lstsq": {"preset": "mace-torch", "e0s": "lstsq",
+                                            "optim": {"lr": 3e-4, "warmup_epochs": 1.0, "ema_decay": 0.99}},
+    "new defaults": {},
+}
+
+
+def _paper_frames(name: str, n: int | None):
+    from ase.io import read
+
+    frames = read(str(PAPER / "chclca" / name), ":")
+    if n is None or n >= len(frames):
+        return frames
+    import numpy as np
+
+    idx = np.unique(np.linspace(0, len(frames) - 1, n).round().astype(int))
+    return [frames[i] for i in idx]
+
+
+def _config(changes: dict, epochs: int, batch_size: int):
+    """The sweep's FinetuneConfig: ``changes`` (may name a preset) with the fixed sweep settings."""
+    from jaxuft.finetune import FinetuneConfig
+
+    changes = dict(changes)
+    preset = changes.pop("preset", None)
+    base = FinetuneConfig.preset(preset) if preset else FinetuneConfig()
+    d = base.to_dict()
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            d[k] = {**d[k], **v}
+        else:
+            d[k] = v
+    # measured: the model the settings produce after a fixed number of epochs (no selection)
+    d.update(epochs=epochs, batch_size=batch_size, dtype="float32", progress=False, keep="last", allow_worse=True)
+    return FinetuneConfig(**d)
+
+
+def _test_errors(pot, test) -> dict:
+    from jaxuft.finetune import evaluate
+
+    m = evaluate(pot, test, batch_size=2).overall
+    return {"energy_rmse": m["energy_rmse"], "forces_rmse": m["forces_rmse"]}
+
+
+def _run_one(pot, train, test, cfg) -> dict:
+    from jaxuft.finetune import finetune
+
+    t0 = time.perf_counter()
+    res = finetune(pot, train, valid=train[:1], config=cfg)
+    out = _test_errors(res.potential, test)
+    out["train_loss_last"] = [r["loss"] for r in res.history if r["split"] == "train"][-1]
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _load_json(path):
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def sweep_main(argv) -> int:
+    """``sweep``: each SWEEP candidate fine-tunes SevenNet-0 on a few FT5 frames for a fixed number
+    of epochs (no model selection, so the settings themselves are measured); the score is the
+    energy/force RMSE on frames of the independent test set.  ``curve``: the chosen defaults on
+    2, 4, 8, 16... frames of FT5 and N-50, the foundation model as the baseline row.  Results
+    go to ``--out`` (JSON, one entry per finished run, so an interrupted sweep keeps its rows)."""
+    ap = argparse.ArgumentParser(prog=f"bench_finetune.py {argv[0]}", description=sweep_main.__doc__)
+    ap.add_argument("--out", required=True, help="JSON file that collects the rows (resumed if it exists)")
+    ap.add_argument("--frames", type=int, default=4, help="sweep: training frames from FT5 (default 4)")
+    ap.add_argument("--sizes", default="2,4,8,16", help="curve: training-set sizes (default 2,4,8,16)")
+    ap.add_argument("--sets", default="train/periodic/FT5.xyz,train/naive/N-50.xyz", help="curve: training files")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--test-frames", type=int, default=8, help="frames of test/independent.xyz (spread evenly)")
+    ap.add_argument("--only", default=None, help="sweep: comma-separated candidate names")
+    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = ap.parse_args(argv[1:])
+    if not (PAPER / "chclca").is_dir():
+        print(f"paper data not found at {PAPER}", file=sys.stderr)
+        return 2
+    import jaxuft
+
+    pot = jaxuft.load("sevennet-0", dtype="float32")
+    test = _paper_frames("test/independent.xyz", args.test_frames)
+    rows = _load_json(args.out)
+    if "foundation" not in rows:
+        rows["foundation"] = _test_errors(pot, test)
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    if argv[0] == "sweep":
+        train = _paper_frames("train/periodic/FT5.xyz", args.frames)
+        names = args.only.split(",") if args.only else list(SWEEP)
+        for name in names:
+            if name in rows:
+                continue
+            print(f"--- {name}", flush=True)
+            cfg = _config(SWEEP[name], args.epochs, args.batch_size)
+            rows[name] = _run_one(pot, train, test, cfg)
+            print(name, rows[name], flush=True)
+            Path(args.out).write_text(json.dumps(rows, indent=1))
+    else:
+        for src in args.sets.split(","):
+            for n in [int(x) for x in args.sizes.split(",")]:
+                key = f"{Path(src).stem} {n}"
+                if key in rows:
+                    continue
+                print(f"--- {key}", flush=True)
+                train = _paper_frames(src, n)
+                rows[key] = _run_one(pot, train, test, _config({}, args.epochs, args.batch_size))
+                rows[key]["n_train"] = len(train)
+                print(key, rows[key], flush=True)
+                Path(args.out).write_text(json.dumps(rows, indent=1))
+    base = rows["foundation"]
+    header = ["run", "E RMSE meV/atom", "F RMSE meV/Å", "dE vs foundation", "dF vs foundation", "s"]
+    table = [["foundation (SevenNet-0)", round(base["energy_rmse"], 2), round(base["forces_rmse"], 1), "", "", ""]]
+    for k, r in rows.items():
+        if k == "foundation":
+            continue
+        table.append([k, round(r["energy_rmse"], 2), round(r["forces_rmse"], 1),
+                      f"{r['energy_rmse'] - base['energy_rmse']:+.2f}", f"{r['forces_rmse'] - base['forces_rmse']:+.1f}",
+                      round(r["seconds"])])
+    w = [max(len(str(r[i])) for r in table + [header]) for i in range(len(header))]
+    for r in [header] + table:
+        print("  ".join(str(v).ljust(x) for v, x in zip(r, w)))
+    if args.record:
+        from benchmarks.results import append
+
+        what = (f"{args.frames} FT5 frames (evenly spaced)" if argv[0] == "sweep"
+                else f"the first of each evenly spaced subset of {args.sets}")
+        append(
+            "Fine-tuning settings sweep (SevenNet-0, few frames)" if argv[0] == "sweep"
+            else "Fine-tuning learning curve (SevenNet-0, new defaults)",
+            header, table,
+            notes=(f"benchmarks/bench_finetune.py {argv[0]}: SevenNet-0 float32, training on {what}, "
+                   f"{args.epochs} epochs at batch {args.batch_size}, the model after the last epoch (no selection); "
+                   f"errors on {len(test)} evenly spaced frames of test/independent.xyz. CPU-limited: epochs and "
+                   f"frames cut to fit a shared 2-core machine (load average "
+                   f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})."),
+        )
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("sweep", "curve"):
+        sys.exit(sweep_main(sys.argv[1:]))
     sys.exit(main())

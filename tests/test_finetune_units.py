@@ -120,7 +120,7 @@ def test_torch_adam_matches_optax_and_torch_amsgrad():
 
 
 def test_plateau_schedule_follows_torch():
-    s = LRSchedule(OptimConfig(lr=1.0, lr_factor=0.5, scheduler_patience=2), steps_per_epoch=3, total_epochs=10)
+    s = LRSchedule(OptimConfig(lr=1.0, lr_factor=0.5, scheduler_patience=2, warmup_epochs=0), steps_per_epoch=3, total_epochs=10)
     lrs = []
     for metric in [1.0, 0.9, 0.9, 0.9, 0.9, 0.95, 0.95, 0.95, 0.5]:
         lrs.append(s.lr(0, 0))
@@ -138,7 +138,7 @@ def test_cosine_warmup_exponential():
     assert c.lr(0, 0) == pytest.approx(0.25) and c.lr(3, 0) == pytest.approx(1.0)
     assert c.lr(4, 1) == pytest.approx(1.0) and c.lr(12, 3) == pytest.approx(0.1)
     assert c.lr(8, 2) == pytest.approx(0.55)
-    e = LRSchedule(OptimConfig(lr=1.0, scheduler="exponential", lr_gamma=0.5), 2, 5)
+    e = LRSchedule(OptimConfig(lr=1.0, scheduler="exponential", lr_gamma=0.5, warmup_epochs=0), 2, 5)
     assert e.lr(0, 2) == pytest.approx(0.25)
 
 

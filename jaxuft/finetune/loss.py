@@ -16,30 +16,11 @@ Means run over the real (unpadded) structures/atoms of the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
 
+from .config import LOSS_KINDS, LossConfig  # noqa: F401  (public here too)
 from .data import Batch
-
-LOSS_KINDS = ("mse", "huber")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    energy_weight: float = 1.0
-    forces_weight: float = 100.0
-    stress_weight: float = 1.0
-    kind: str = "mse"
-    huber_delta: float = 0.01
-
-    def __post_init__(self):
-        if self.kind not in LOSS_KINDS:
-            raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {self.kind!r}")
-        for name in ("energy_weight", "forces_weight", "stress_weight", "huber_delta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
 
 
 def _rho(x, cfg: LossConfig):

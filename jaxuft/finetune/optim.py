@@ -1,9 +1,8 @@
 """Optimisers (optax), learning-rate schedules, EMA and early stopping.
 
-Defaults are mace-torch's (``mace/tools/arg_parser.py``): Adam with AMSGrad,
-lr 0.01, weight decay 5e-7 (L2, as ``torch.optim.Adam(weight_decay=...)``),
-gradient-norm clipping at 10, ReduceLROnPlateau(factor 0.8, patience 50) on
-the validation loss, EMA off (decay 0.99 when on).
+The settings live in :class:`~jaxuft.finetune.config.OptimConfig` (defaults from a
+measured sweep; ``FinetuneConfig.preset("mace-torch")`` gives mace-torch's: AMSGrad
+lr 0.01, weight decay 5e-7 as L2, clipping at 10, ReduceLROnPlateau(0.8, 50), no EMA).
 
 The learning rate is a *runtime argument* of the compiled step (computed on the
 host by :class:`LRSchedule`), so schedules never recompile and their state is
@@ -14,45 +13,13 @@ plain JSON in the checkpoint.  Adam/AMSGrad follow torch's update exactly
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("adam", "amsgrad", "adamw")
-SCHEDULERS = ("plateau", "constant", "cosine", "exponential")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    optimizer: str = "adam"  # adam | amsgrad | adamw
-    amsgrad: bool = True  # mace-torch default; "amsgrad" forces it on
-    lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 5e-7  # L2 for adam/amsgrad, decoupled for adamw
-    clip_grad: float | None = 10.0  # global-norm clipping; None = off
-    scheduler: str = "plateau"
-    lr_factor: float = 0.8  # plateau
-    scheduler_patience: int = 50  # plateau
-    plateau_threshold: float = 1e-4  # plateau, relative (torch default)
-    min_lr: float = 0.0
-    lr_gamma: float = 0.9993  # exponential, per epoch
-    warmup_epochs: float = 0.0  # linear warm-up, multiplies any schedule
-    ema_decay: float | None = None  # e.g. 0.99; None = no EMA
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError("ema_decay must be in (0, 1) or None")
+from .config import OPTIMIZERS, SCHEDULERS, OptimConfig  # noqa: F401  (public here too)
 
 
 class TorchAdamState(NamedTuple):
@@ -203,4 +170,4 @@ def _f(x: float):
 
 
 def config_dict(cfg: OptimConfig) -> dict:
-    return asdict(cfg)
+    return cfg.to_dict()

@@ -278,3 +278,18 @@ def _regex(arg: str, spec: str):
 def _short(paths: Sequence[str], n: int = 12) -> str:
     s = ", ".join(paths[:n])
     return s + (f", ... ({len(paths)} in all)" if len(paths) > n else "")
+
+
+# ---- per-group learning rates ----------------------------------------------------------
+def lr_group(path: str, groups: ParamGroups) -> str:
+    """The learning-rate group of a leaf: ``e0``, ``readouts`` or ``trunk`` (everything else)."""
+    if groups.e0 is not None and path == groups.e0:
+        return "e0"
+    if _under_any(path, groups.readouts):
+        return "readouts"
+    return "trunk"
+
+
+def lr_scales(trainable_paths: Sequence[str], groups: ParamGroups, factors: dict) -> dict:
+    """``{path: multiplier}`` of the trainable leaves from ``OptimConfig.group_lr`` (1 where unnamed)."""
+    return {p: float(factors.get(lr_group(p, groups), 1.0)) for p in trainable_paths}

@@ -63,9 +63,10 @@ from .data import (
 from .e0s import E0_MODES, E0Error, describe, find_e0_leaf, lstsq_e0s, model_e0s, normalise_e0s, read_e0s, set_e0s
 from .evaluation import eval_step_fn, run_eval
 from .history import plot_learning_curve, write_logs
-from .loss import ErrorAccumulator, LossConfig, error_sums, loss_terms
-from .optim import EarlyStopping, LRSchedule, OptimConfig, ema_update, make_optimizer
-from .params import ParamSplit, n_scalars, param_groups, select_trainable
+from .config import FinetuneConfig, LossConfig, OptimConfig
+from .loss import ErrorAccumulator, error_sums, loss_terms
+from .optim import EarlyStopping, LRSchedule, ema_update, make_optimizer
+from .params import ParamSplit, lr_scales, n_scalars, param_groups, select_trainable
 from .replay import forgetting, generate_structures, pseudo_label, split_holdout
 from .trunk import TrunkCache, affine_leaves, predict_for, split_cache
 
@@ -74,80 +75,6 @@ CHECKPOINT = "checkpoint.safetensors"
 
 class FinetuneError(JaxuftError, ValueError):
     """Fine-tuning cannot start or continue (bad settings, mismatched checkpoint...)."""
-
-
-@dataclass
-class FinetuneConfig:
-    """Hyperparameters of a fine-tune (JSON round-trip with :meth:`to_dict`/:meth:`from_dict`).
-
-    Defaults follow mace-torch where it has one (batch 10, valid fraction 0.1, seed 123,
-    loss weights 1/100/1, AMSGrad lr 0.01, plateau 0.8/50, clip 10).
-    """
-
-    epochs: int = 100
-    batch_size: int = 10
-    seed: int = 123
-    valid_fraction: float = 0.1
-    dtype: str = "float32"
-    freeze: str = "none"
-    trunk_cache: bool = False
-    cache_chunk: int = 16  # Jacobian columns per pass (memory ~ chunk x one backward pass)
-    cache_batch_size: int = 1  # frames per Jacobian pass
-    e0s: Any = "model"  # "model" | "lstsq" | "average" | path to JSON | {element: eV}
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    patience: int | None = None  # early stopping on the validation loss; None = off
-    keep: str = "best"  # "best" (lowest validation loss) or "last"
-    replay_weight: float = 1.0
-    replay_count: int = 40
-    replay_holdout: float = 0.25
-    replay_labels: str = "pseudo"  # "pseudo" (initial model) or "file" (labels in the replay file)
-    energy_key: str | None = None
-    forces_key: str | None = None
-    stress_key: str | None = None
-    progress: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
-        if isinstance(self.optim, dict):
-            self.optim = OptimConfig(**self.optim)
-        if self.epochs < 0:
-            raise ValueError("epochs must be >= 0")
-        if self.batch_size < 1 or self.cache_batch_size < 1 or self.cache_chunk < 1:
-            raise ValueError("batch_size, cache_batch_size and cache_chunk must be >= 1")
-        if self.keep not in ("best", "last"):
-            raise ValueError("keep must be 'best' or 'last'")
-        if self.replay_labels not in ("pseudo", "file"):
-            raise ValueError("replay_labels must be 'pseudo' or 'file'")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError("valid_fraction must be in [0, 1)")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if isinstance(self.e0s, dict):
-            d["e0s"] = {str(k): float(v) for k, v in self.e0s.items()}
-        elif isinstance(self.e0s, os.PathLike):
-            d["e0s"] = str(self.e0s)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig field(s): {sorted(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> "FinetuneConfig":
-        loss = {k[5:]: changes.pop(k) for k in list(changes) if k.startswith("loss_")}
-        optim = {k[6:]: changes.pop(k) for k in list(changes) if k.startswith("optim_")}
-        new = dataclasses.replace(self, **changes)
-        if loss:
-            new.loss = dataclasses.replace(new.loss, **loss)
-        if optim:
-            new.optim = dataclasses.replace(new.optim, **optim)
-        return new
 
 
 @dataclass
@@ -207,19 +134,32 @@ def save_potential(potential, params, dest, metadata: dict | None = None, overwr
     return Path(save_model(dest, potential.config, tree, metadata=metadata, overwrite=overwrite))
 
 
-@functools.lru_cache(maxsize=64)
+_STEP_CACHE: dict = {}
+
+
 def train_step_fn(mode: tuple, loss_cfg: LossConfig, optim_cfg: OptimConfig, n_species: int):
     """The jitted training step for a mode key (see :func:`jaxuft.finetune.trunk.predict_for`).
 
-    ``step(trainable, opt_state, ema, ema_count, frozen, batch, tags, lr)`` ->
-    ``(trainable, opt_state, ema, ema_count, error sums of tag-0 frames, loss, n_graphs)``.
-    Cached, so fine-tunes of the same architecture and settings in one process share it.
+    ``step(trainable, opt_state, ema, ema_count, frozen, batch, tags, lr, scales)`` ->
+    ``(trainable, opt_state, ema, ema_count, error sums of tag-0 frames, loss, n_graphs)``;
+    ``scales`` holds each trainable leaf's learning-rate multiplier (a runtime input, like ``lr``).
+    Cached on the settings that shape the computation, so fine-tunes of the same architecture
+    in one process share it whatever their learning rates and schedules.
     """
+    key = (mode, loss_cfg, optim_cfg.step_key(), n_species)
+    if key not in _STEP_CACHE:
+        if len(_STEP_CACHE) >= 64:
+            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        _STEP_CACHE[key] = _make_train_step(mode, loss_cfg, optim_cfg, n_species)
+    return _STEP_CACHE[key]
+
+
+def _make_train_step(mode: tuple, loss_cfg: LossConfig, optim_cfg: OptimConfig, n_species: int):
     predict = predict_for(mode)
     opt = make_optimizer(optim_cfg)
     ema_decay = optim_cfg.ema_decay
 
-    def step(trainable, opt_state, ema, ema_count, frozen, batch, tags, lr):
+    def step(trainable, opt_state, ema, ema_count, frozen, batch, tags, lr, scales):
         def lossf(tp):
             pred = predict(tp, frozen, batch)
             terms = loss_terms(pred, batch, loss_cfg)
@@ -227,7 +167,7 @@ def train_step_fn(mode: tuple, loss_cfg: LossConfig, optim_cfg: OptimConfig, n_s
 
         (loss, pred), grads = jax.value_and_grad(lossf, has_aux=True)(trainable)
         updates, opt_state = opt.update(grads, opt_state, trainable)
-        trainable = jax.tree_util.tree_map(lambda p, u: p - lr.astype(p.dtype) * u, trainable, updates)
+        trainable = jax.tree_util.tree_map(lambda p, u, c: p - (lr * c).astype(p.dtype) * u, trainable, updates, scales)
         if ema_decay is not None:
             ema, ema_count = ema_update(ema, trainable, ema_count, ema_decay)
         # running errors of the primary data only (replay frames have tag 1)
@@ -276,13 +216,35 @@ class Trainer:
         keys = dict(energy_key=cfg.energy_key, forces_key=cfg.forces_key, stress_key=cfg.stress_key)
         require = tuple(k for k, w in (("energy", cfg.loss.energy_weight), ("forces", cfg.loss.forces_weight)) if w > 0)
         train_frames = read_frames(train, require=require, name="training data", **keys)
-        if valid is None:
+        self.valid_note = None
+        if valid is None and cfg.valid_fraction > 0 and len(train_frames) < cfg.small_data_frames:
+            # too few frames to hold any out: validate on the training frames themselves
+            valid_frames = list(train_frames)
+            self.valid_kind = "training frames"
+            self.valid_note = (
+                f"validation: {len(train_frames)} training frame(s) are fewer than {cfg.small_data_frames}, so none "
+                "are held out; the training frames themselves (and the replay hold-out, when there is one) are "
+                "evaluated. This catches a fine-tune that diverges or makes the fit worse, but cannot detect "
+                "over-fitting: pass a validation set (--valid) for that"
+            )
+        elif valid is None:
             train_frames, valid_frames = split_train_valid(train_frames, cfg.valid_fraction, cfg.seed)
+            self.valid_kind = f"split from train (fraction {cfg.valid_fraction}, seed {cfg.seed})"
         else:
-            valid_frames = read_frames(valid, require=require, name="validation data", **keys)
+            empty = isinstance(valid, (list, tuple)) and not valid
+            valid_frames = [] if empty else read_frames(valid, require=require, name="validation data", **keys)
+            self.valid_kind = "given"
+        if len(valid_frames) == 1 and self.valid_note is None:
+            self.valid_note = ("validation: only 1 frame; the best epoch (and the check against the starting model) "
+                               "rests on one structure and is noisy")
+        elif not valid_frames:
+            self.valid_note = ("validation: no frames, so the starting model cannot be compared with the result "
+                               "(the training loss selects the epoch instead)")
+        if self.valid_note:
+            self.log("warning: " + self.valid_note)
         self.train_frames, self.valid_frames = train_frames, valid_frames
         self.train_samples = prepare(train_frames, pot.species_map, pot.cutoff)
-        self.valid_samples = prepare(valid_frames, pot.species_map, pot.cutoff)
+        self.valid_samples = prepare(valid_frames, pot.species_map, pot.cutoff) if valid_frames else []
         if not self.train_samples:
             raise DataError("no training frames left after the validation split")
         # one padded shape for everything (replay frames are added below): the set-up
@@ -340,6 +302,8 @@ class Trainer:
         # -- optimiser and compiled steps
         self.optimizer = make_optimizer(cfg.optim)
         self._train_step = train_step_fn(self.mode, cfg.loss, cfg.optim, self.n_species)
+        scales = lr_scales(self.split.trainable_paths, self.groups, cfg.optim.group_lr)
+        self.lr_scales = {p: jnp.asarray(c, self.dtype) for p, c in scales.items()}
         self._eval_step = eval_step_fn(self.mode, cfg.loss, self.n_species, pot)
         self.valid_batches = FixedBatches(self.valid_samples, self.plan, self.dtype) if self.valid_samples else None
         self.hold_batches = (
@@ -585,6 +549,11 @@ class Trainer:
 
         if state["epoch"] == 0 and not state["history"]:
             self._initial_metrics(state)
+            if "valid" in state["initial"]:
+                self.log(_summary([self._record(0, "valid", state["initial"]["valid"], None, 0.0)]) + " (starting model)")
+                if not cfg.allow_worse:  # the starting model is a candidate for the best model
+                    stopper.update(state["initial"]["valid"]["loss"], 0)
+                    state["best"] = state["trainable"]
 
         t_train = time.perf_counter()
         frames_done = 0
@@ -607,16 +576,19 @@ class Trainer:
                 tags[: len(idx)] = self.tags[idx]
                 out = self._train_step(
                     state["trainable"], state["opt_state"], state["ema"], state["ema_count"], self.aux,
-                    batch, jnp.asarray(tags), jnp.asarray(lr, dtype=self.dtype),
+                    batch, jnp.asarray(tags), jnp.asarray(lr, dtype=self.dtype), self.lr_scales,
                 )
                 (state["trainable"], state["opt_state"], state["ema"], state["ema_count"], sums, loss, ng) = out
                 acc.add(sums)
                 loss_v, ng_v = float(loss), float(ng)
                 if not math.isfinite(loss_v):
-                    raise FinetuneError(
-                        f"epoch {epoch}: the loss became {loss_v}; lower the learning rate (now {lr:.3g}) "
-                        "or check the labels and units"
-                    )
+                    msg = (f"epoch {epoch}: the loss became {loss_v}; lower the learning rate (now {lr:.3g}) "
+                           "or check the labels and units")
+                    if cfg.allow_worse or stopper.best_epoch < 0:
+                        raise FinetuneError(msg)
+                    self.log(f"warning: {msg}; training stopped, the best model so far is kept")
+                    state["status"] = "diverged"
+                    break
                 loss_sum += loss_v * ng_v
                 graph_sum += ng_v
                 frames_done += len(idx)
@@ -624,6 +596,10 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_v:.4g}", lr=f"{lr:.2g}")
             bar.close()
+            if state["status"] == "diverged":
+                state["epoch"] = epoch
+                self._save_checkpoint(state, schedule, stopper)
+                break
             train_m = acc.metrics()
             train_m["loss"] = loss_sum / max(graph_sum, 1.0)
             records = [self._record(epoch, "train", train_m, lr, time.perf_counter() - te)]
@@ -684,17 +660,19 @@ class Trainer:
         status = state["status"]
         if status == "running":  # stopped by stop_after: leave the checkpoint, write no model
             status = "interrupted"
-        use_best = cfg.keep == "best" and self.valid_batches is not None and stopper.best_epoch > 0
-        final_tr = state["best"] if use_best else self._eval_params(state)
+        selected, final_tr = self._select(state, stopper)
+        use_best = selected in ("best", "start")
         params = self.split.merge(final_tr, self.frozen)
         potential = self.foundation.with_params(params)
-        manifest = self._manifest(state, stopper, status, use_best, final_tr, resumed)
+        manifest = self._manifest(state, stopper, status, selected, final_tr, resumed)
+        if status != "interrupted":
+            self.log(manifest["outcome"])
         if self.out_dir is not None:
             if status != "interrupted":
                 save_potential(
                     self.foundation, potential.params, self.out_dir / "model",
                     metadata={"finetuned_from": str(self.sources["model"]), "finetune_manifest": "../manifest.json",
-                              "best_epoch": stopper.best_epoch if use_best else state["epoch"]},
+                              "best_epoch": manifest["selected_epoch"]},
                 )
                 manifest["outputs"]["model"] = str(self.out_dir / "model")
             write_logs(self.out_dir, state["history"])
@@ -707,6 +685,20 @@ class Trainer:
             ckpt.write_json_atomic(self.out_dir / "manifest.json", manifest)
         return FinetuneResult(potential, potential.params, state["history"], manifest, self.out_dir, status)
 
+    def _select(self, state, stopper) -> tuple[str, dict]:
+        """Which params the run returns: ``"best"``/``"start"`` (lowest validation loss, the
+        starting model included unless ``allow_worse``) or ``"last"`` (EMA when on); with
+        ``keep="last"`` the starting model still wins when the last epoch is worse on validation."""
+        cfg = self.config
+        has_valid = self.valid_batches is not None
+        if cfg.keep == "best" and has_valid and stopper.best_epoch >= 0:
+            return ("start" if stopper.best_epoch == 0 else "best"), state["best"]
+        if has_valid and not cfg.allow_worse and state["epoch"] > 0 and "valid" in state["initial"]:
+            last = [r["loss"] for r in state["history"] if r["split"] == "valid" and r["epoch"] == state["epoch"]]
+            if last and not last[0] <= state["initial"]["valid"]["loss"]:
+                return "start", self.trainable_init
+        return "last", self._eval_params(state)
+
     def _final_metrics(self, final_tr) -> dict:
         """Errors of the final params with the full model (exact even when training used the cache)."""
         out = {}
@@ -717,9 +709,19 @@ class Trainer:
                 out[name], _, _ = run_eval(step, final_tr, self.frozen, batches, pot.atomic_numbers)
         return out
 
-    def _manifest(self, state, stopper, status, use_best, final_tr, resumed) -> dict:
+    def _manifest(self, state, stopper, status, selected, final_tr, resumed) -> dict:
         cfg = self.config
         final = self._final_metrics(final_tr) if status != "interrupted" else {}
+        sel_epoch = {"start": 0, "best": stopper.best_epoch}.get(selected, state["epoch"])
+        if selected == "start":
+            outcome = (f"kept the starting model: no epoch of {state['epoch']} beat it on validation "
+                       f"(loss {state['initial']['valid']['loss']:.4g}); pass allow_worse=True (--allow-worse) "
+                       "to take a trained epoch anyway")
+        else:
+            outcome = f"selected epoch {sel_epoch} of {state['epoch']} ({selected})"
+            if "valid" in state["initial"] and "valid" in final:
+                outcome += (f"; validation loss {state['initial']['valid']['loss']:.4g} (start) -> "
+                            f"{final['valid']['loss']:.4g}")
         last = {}
         for rec in state["history"]:
             if rec["epoch"] == state["epoch"]:
@@ -750,7 +752,7 @@ class Trainer:
             "data": {
                 "train": {"source": self.sources["train"], "n_frames": len(self.train_frames),
                           "fingerprint": fingerprint(self.train_frames)},
-                "valid": {"source": self.sources["valid"] or f"split from train (fraction {cfg.valid_fraction}, seed {cfg.seed})",
+                "valid": {"source": self.sources["valid"] or self.valid_kind, "kind": self.valid_kind,
                           "n_frames": len(self.valid_frames), "fingerprint": fingerprint(self.valid_frames)},
                 "replay": {"source": self.sources["replay"], **(self.replay_info or {})} if self.replay_info else None,
                 "compiled_shapes": [list(s) for s in self.plan.shapes],
@@ -762,7 +764,11 @@ class Trainer:
             "steps": state["step"],
             "best_epoch": stopper.best_epoch,
             "best_loss": None if not math.isfinite(stopper.best) else stopper.best,
-            "selected": "best" if use_best else ("ema" if cfg.optim.ema_decay else "last"),
+            "selected": selected if selected != "last" else ("ema" if cfg.optim.ema_decay else "last"),
+            "selected_epoch": sel_epoch,
+            "kept_starting_model": selected == "start",
+            "outcome": outcome,
+            "validation_note": self.valid_note,
             "metrics": {"initial": state["initial"], "last_epoch": last, "final_full_model": final},
             "forgetting": forget,
             "timings": dict(self.timings),
