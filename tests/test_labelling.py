@@ -81,6 +81,8 @@ def test_oracle_settings_and_energy_reference():
     assert OracleConfig(name="emt", energy_reference="my-dft").energy_reference == "my-dft"
     assert OracleConfig(factory="a.b:c").energy_reference == "factory:a.b:c"
     assert as_oracle(gfn1.model_dump()) == gfn1
+    with pytest.raises(Exception, match="frozen"):
+        gfn1.name = "emt"            # the settings behind stored keys cannot change under a label
 
 
 def test_make_calculator_errors():

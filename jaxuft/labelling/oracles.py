@@ -23,7 +23,7 @@ import time
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..config import StrictModel, validate_config
 from ..errors import JaxuftError
@@ -61,6 +61,9 @@ class OracleConfig(StrictModel):
     197-atom frame, DFT -1 148 eV), so fine-tuning on these labels must refit the per-element
     reference energies (E0s).
     """
+
+    # frozen: the label key is a hash of these settings, and energy_reference is derived from them once
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Optional[str] = Field(None, description="an ASE calculator name (emt, morse, lj, vasp, gpaw, cp2k, ...) or 'xtb' (tblite)")
     factory: Optional[str] = Field(None, description="'package.module:function' returning an ASE calculator; called with **kwargs")
@@ -132,6 +135,9 @@ class OracleConfig(StrictModel):
         ignored = _NOT_IN_KEY.get(self.name or "", set())
         return {"name": self.name, "factory": self.factory, "stress": self.stress,
                 "kwargs": {k: v for k, v in self.kwargs.items() if k not in ignored}}
+
+    def __hash__(self) -> int:  # kwargs is a dict: hash the canonical settings instead
+        return hash((self.settings_hash(), self.energy_reference))
 
     def settings_hash(self) -> str:
         text = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"), allow_nan=False)
