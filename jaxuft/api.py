@@ -8,17 +8,25 @@ from pathlib import Path
 from .potential import Potential
 
 
-def load(path_or_name: str | os.PathLike, dtype: str = "float32") -> Potential:
+def load(path_or_name: str | os.PathLike, dtype: str = "float32", *, verify: bool = True) -> Potential:
     """Load a converted model directory, or a model-zoo name (see ``jaxuft models``).
 
     ``dtype`` is "float32" (default, fast) or "float64" (parity work; enables JAX x64).
     A torch checkpoint (``.model``/``.pth``) is converted in memory first, without torch.
+    Every model is validated before use: its config against the family's schema (physical
+    bounds), its params against the config (names, shapes, finite values) and, unless
+    ``verify=False`` (CLI ``--no-verify``), its files against the sha256 manifest written
+    when it was saved.  Failures raise :class:`~jaxuft.errors.CheckpointError` naming the file.
     """
-    from .checkpoints.format import is_converted_model, load_model
+    from .checkpoints.format import CONFIG_FILE, is_converted_model, load_model
+    from .checkpoints.validate import validate_model
 
     p = Path(path_or_name)
-    if p.exists() and is_converted_model(p):
-        config, tree = load_model(p)
+    if p.is_dir():
+        if not (p / CONFIG_FILE).exists() and is_converted_model(p / "model"):
+            p = p / "model"  # a fine-tuning run directory: its best model
+        config, tree = load_model(p, verify=verify)  # clear errors for a damaged config.json
+        validate_model(config, tree, source=str(p / CONFIG_FILE))
         return potential_from_tree(config, tree, dtype)
     if p.exists():
         from .checkpoints.convert import convert_to_memory
@@ -30,7 +38,7 @@ def load(path_or_name: str | os.PathLike, dtype: str = "float32") -> Potential:
     except ImportError:  # zoo not available
         zoo = None
     if zoo is not None and str(path_or_name) in zoo.MODELS:
-        return load(zoo.fetch(str(path_or_name)), dtype=dtype)
+        return load(zoo.fetch(str(path_or_name)), dtype=dtype, verify=verify)
     raise FileNotFoundError(
         f"{path_or_name!s} is neither an existing file/directory nor a known model name. "
         "Convert a torch checkpoint with `jaxuft convert SRC DEST`, or list named models with `jaxuft models`."

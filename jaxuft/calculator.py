@@ -18,13 +18,16 @@ class Calculator(_AseCalculator):
 
     Stress (eV/Å³, ASE Voigt order and sign) is given for fully periodic structures.
     ``potential`` may also be a path or a model-zoo name, passed to :func:`jaxuft.load`
-    with ``dtype``.
+    with ``dtype``.  Structures with atoms closer than ``min_distance`` Å (default 0.5)
+    or atomic numbers outside the model's elements raise a clear error.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
-    def __init__(self, potential: Potential | str, dtype: str = "float32", **kwargs):
+    def __init__(self, potential: Potential | str, dtype: str = "float32", min_distance: float | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.min_distance = min_distance
         if not isinstance(potential, Potential):
             from .api import load
 
@@ -36,7 +39,7 @@ class Calculator(_AseCalculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        hosts = self.potential.host_graphs([self.atoms])
+        hosts = self.potential.host_graphs([self.atoms], self.min_distance)
         self.capacity = self.potential.capacity_for(hosts, self.capacity, headroom=1.15)
         res = self.potential.predict(self.atoms, capacity=self.capacity, hosts=hosts)
         self.results = {

@@ -123,10 +123,11 @@ class Potential:
     """
 
     def __init__(self, config: dict, params: Any, dtype="float32", constants: dict | None = None):
+        from .checkpoints.schema import validate_model_config
         from .models import build_module
 
         self.dtype = resolve_dtype(dtype)
-        self.config = dict(config)
+        self.config = validate_model_config(dict(config), source="model config")
         self.constants = dict(constants or {})
         self.module = build_module(self.config, self.constants)
         self.params = cast_params(params, self.dtype)
@@ -156,22 +157,29 @@ class Potential:
         return new
 
     # ---- host conveniences --------------------------------------------------------
-    def graph(self, atoms: Atoms | Sequence[Atoms]) -> Graph:
-        """A padded graph of one structure or a list of structures."""
-        return atoms_to_graph(atoms, self.species_map, self.cutoff, dtype=self.dtype)
+    def graph(self, atoms: Atoms | Sequence[Atoms], min_distance: float | None = None) -> Graph:
+        """A padded graph of one structure or a list of structures.
 
-    def host_graphs(self, frames: Sequence[Atoms]):
-        return [atoms_to_host_graph(a, self.species_map, self.cutoff, label=f"structure {k}") for k, a in enumerate(frames)]
+        Structures are validated first (atomic numbers 1-118 known to the model, no two
+        atoms closer than ``min_distance`` Å, default 0.5) and their positions wrapped or
+        centred on the host before the cast to the model's dtype."""
+        return atoms_to_graph(atoms, self.species_map, self.cutoff, dtype=self.dtype, min_distance=min_distance)
 
-    def predict(self, atoms: Atoms | Sequence[Atoms], capacity: tuple[int, int] | None = None, hosts=None):
+    def host_graphs(self, frames: Sequence[Atoms], min_distance: float | None = None):
+        return [atoms_to_host_graph(a, self.species_map, self.cutoff, label=f"structure {k}",
+                                    min_distance=min_distance) for k, a in enumerate(frames)]
+
+    def predict(self, atoms: Atoms | Sequence[Atoms], capacity: tuple[int, int] | None = None, hosts=None,
+                min_distance: float | None = None):
         """Energy (eV), forces (eV/Å), stress (Voigt, eV/Å³) and per-atom energies.
 
         One dict for an ``Atoms``, a list of dicts for a sequence.  ``capacity``
         ``(n_nodes, n_edges)`` pads to at least these sizes (so a caller can keep
         one compiled shape across similar structures); see :meth:`capacity_for`.
+        ``min_distance``: see :meth:`graph`.
         """
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
-        hosts = self.host_graphs(frames) if hosts is None else hosts
+        hosts = self.host_graphs(frames, min_distance) if hosts is None else hosts
         n_cap, e_cap = self.capacity_for(hosts, capacity)
         graph = batch_host_graphs(hosts, dtype=self.dtype, n_node_capacity=n_cap, n_edge_capacity=e_cap)
         out = jax.device_get(self.compiled("efs")(self.params, graph))
@@ -205,10 +213,10 @@ class Potential:
             new = (max(new[0], capacity[0]), max(new[1], capacity[1]))
         return new
 
-    def descriptors(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
+    def descriptors(self, atoms: Atoms | Sequence[Atoms], min_distance: float | None = None) -> np.ndarray:
         """Per-atom invariant descriptors ``(n_atoms, n_features)`` (all frames stacked)."""
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
-        graph = self.graph(frames)
+        graph = self.graph(frames, min_distance)
         out = self.compiled("outputs")(self.params, graph)
         n = sum(len(a) for a in frames)
         return np.asarray(out["descriptors"][:n], dtype=np.float64)

@@ -1,6 +1,10 @@
 """ASE ``Atoms`` -> validated host arrays -> padded :class:`~jaxuft.graph.Graph`.
 
-Everything here runs on the host (numpy); the result is moved to the device once.
+Everything here runs on the host (numpy, float64); the result is moved to the device once.
+Inputs are checked (atomic numbers 1-118, finite positions, a usable cell, no two atoms
+closer than ``min_distance``), and positions are wrapped into the cell (periodic axes) or
+centred (non-periodic axes) *before* the cast to the model's dtype, so float32 results do
+not depend on where a structure sits in space.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.geometry import complete_cell
 
 from .errors import StructureError, UnknownElementError
 from .graph import Graph, bucket_size, pad_graph_arrays
 from .neighbors import neighbor_list
 
-#: atoms closer than this (Å) are treated as overlapping
+#: absolute floor (Å): atoms closer than this overlap whatever is configured (MD's stop criterion uses it)
 MIN_DISTANCE = 0.1
+#: default minimum interatomic distance (Å) of an input structure; settable per call (``min_distance=``)
+DEFAULT_MIN_DISTANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class SpeciesMap:
     atomic_numbers: tuple[int, ...]
 
     def __call__(self, numbers: np.ndarray) -> np.ndarray:
+        check_atomic_numbers(numbers)
         lookup = np.full(max(max(self.atomic_numbers), int(np.max(numbers, initial=0))) + 1, -1)
         lookup[list(self.atomic_numbers)] = np.arange(len(self.atomic_numbers))
         idx = lookup[numbers]
@@ -40,11 +48,26 @@ class SpeciesMap:
         return idx.astype(np.int32)
 
 
+def check_atomic_numbers(numbers, label: str = "structure") -> None:
+    """Raise :class:`StructureError` for atomic numbers outside 1-118 (e.g. -1 or 200)."""
+    numbers = np.asarray(numbers)
+    if numbers.size and numbers.dtype.kind not in "iu":
+        raise StructureError(f"{label}: atomic numbers must be integers, got dtype {numbers.dtype}")
+    bad = np.where((numbers < 1) | (numbers > 118))[0]
+    if bad.size:
+        k = int(bad[0])
+        raise StructureError(
+            f"{label}: atom {k} has atomic number {int(numbers[k])}, outside 1-118 "
+            f"({bad.size} such atom(s)); fix the structure file's element symbols or numbers"
+        )
+
+
 def validate_atoms(atoms: Atoms, cutoff: float | None = None, label: str = "structure") -> None:
     """Raise :class:`StructureError` for input no model can evaluate sensibly."""
     pos = atoms.get_positions()
     if len(atoms) == 0:
         raise StructureError(f"{label} has no atoms")
+    check_atomic_numbers(atoms.get_atomic_numbers(), label)
     if not np.all(np.isfinite(pos)):
         bad = np.where(~np.isfinite(pos).all(axis=1))[0]
         raise StructureError(f"{label}: non-finite positions for atom(s) {bad[:10].tolist()}")
@@ -62,15 +85,37 @@ def validate_atoms(atoms: Atoms, cutoff: float | None = None, label: str = "stru
             )
 
 
-def check_overlaps(senders, receivers, lengths, label="structure") -> None:
-    close = lengths < MIN_DISTANCE
+def check_overlaps(senders, receivers, lengths, label="structure", min_distance: float | None = None) -> None:
+    """Raise :class:`StructureError` if any pair is closer than ``min_distance`` Å (default 0.5)."""
+    limit = DEFAULT_MIN_DISTANCE if min_distance is None else float(min_distance)
+    close = lengths < limit
     if np.any(close):
-        k = int(np.argmax(close))
+        k = int(np.argmin(np.where(close, lengths, np.inf)))
         raise StructureError(
-            f"{label}: atoms {int(senders[k])} and {int(receivers[k])} are {lengths[k]:.3g} Å apart "
-            f"(minimum {MIN_DISTANCE} Å); atoms on top of each other cannot be evaluated. "
-            "Check for duplicated atoms or a wrong cell/unit."
+            f"{label}: atoms {int(senders[k])} and {int(receivers[k])} are {lengths[k]:.3g} Å apart, closer than "
+            f"the minimum distance {limit:g} Å; no model is trained on such overlaps. Check for duplicated "
+            "atoms or a wrong cell/unit (or lower the limit: --min-distance / min_distance=)."
         )
+
+
+def canonical_positions(atoms: Atoms) -> np.ndarray:
+    """Positions (float64) wrapped into the cell along periodic axes and centred along the others.
+
+    A translation (plus lattice shifts of single atoms) leaves every interatomic vector
+    unchanged, so the neighbour list built from these positions gives the same graph;
+    done on the host before any float32 cast, it keeps results independent of where the
+    structure sits (10⁶ Å from the origin included)."""
+    pos = np.asarray(atoms.get_positions(), dtype=np.float64)
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    cell = complete_cell(np.asarray(atoms.get_cell(), dtype=np.float64))
+    frac = np.linalg.solve(cell.T, pos.T).T
+    if pbc.any():
+        frac[:, pbc] -= np.floor(frac[:, pbc])
+        frac[:, pbc] = np.where(frac[:, pbc] >= 1.0, 0.0, frac[:, pbc])  # -1e-17 % 1 rounds up to 1
+    if (~pbc).any():
+        lo, hi = frac[:, ~pbc].min(axis=0), frac[:, ~pbc].max(axis=0)
+        frac[:, ~pbc] -= 0.5 * (lo + hi)
+    return frac @ cell
 
 
 @dataclass
@@ -93,14 +138,21 @@ class HostGraph:
         return len(self.senders)
 
 
-def atoms_to_host_graph(atoms: Atoms, species_map: SpeciesMap, cutoff: float, label="structure") -> HostGraph:
-    """Validate ``atoms`` and build its neighbour graph within ``cutoff`` Å."""
+def atoms_to_host_graph(atoms: Atoms, species_map: SpeciesMap, cutoff: float, label="structure",
+                        min_distance: float | None = None) -> HostGraph:
+    """Validate ``atoms`` and build its neighbour graph within ``cutoff`` Å.
+
+    Positions are canonicalised first (:func:`canonical_positions`); atoms closer than
+    ``min_distance`` (default :data:`DEFAULT_MIN_DISTANCE`) are refused."""
     validate_atoms(atoms, cutoff, label)
     species = species_map(atoms.get_atomic_numbers())
-    snd, rcv, shifts, lengths = neighbor_list(atoms, cutoff)
-    check_overlaps(snd, rcv, lengths, label)
+    placed = atoms.copy()
+    placed.calc = None
+    placed.set_positions(canonical_positions(atoms))
+    snd, rcv, shifts, lengths = neighbor_list(placed, cutoff)
+    check_overlaps(snd, rcv, lengths, label, min_distance)
     cell = np.asarray(atoms.get_cell()) if np.any(atoms.get_pbc()) else np.zeros((3, 3))
-    return HostGraph(atoms.get_positions(), cell, species, snd, rcv, shifts)
+    return HostGraph(placed.get_positions(), cell, species, snd, rcv, shifts)
 
 
 def batch_host_graphs(
@@ -129,11 +181,13 @@ def batch_host_graphs(
 
 
 def atoms_to_graph(
-    atoms: Atoms | Sequence[Atoms], species_map: SpeciesMap, cutoff: float, dtype=np.float32
+    atoms: Atoms | Sequence[Atoms], species_map: SpeciesMap, cutoff: float, dtype=np.float32,
+    min_distance: float | None = None,
 ) -> Graph:
     """One padded :class:`Graph` holding one or several structures."""
     frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
     hosts = [
-        atoms_to_host_graph(a, species_map, cutoff, label=f"structure {k}") for k, a in enumerate(frames)
+        atoms_to_host_graph(a, species_map, cutoff, label=f"structure {k}", min_distance=min_distance)
+        for k, a in enumerate(frames)
     ]
     return batch_host_graphs(hosts, dtype=dtype)

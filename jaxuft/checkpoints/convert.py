@@ -14,10 +14,31 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .format import save_model, sha256_file
 from .torch_pickle import read_checkpoint
+from .validate import validate_model
+
 
 def convert_to_memory(src: str | os.PathLike, head: str | None = None) -> tuple[dict, dict]:
-    """Read and convert ``src``; returns ``(config, tree)`` with ``tree = {"params", "constants"}``."""
+    """Read and convert ``src``; returns ``(config, tree)`` with ``tree = {"params", "constants"}``.
+
+    The result is validated (config schema with physical bounds, params against the config,
+    all finite); any failure is a :class:`CheckpointError` naming ``src``."""
     obj = read_checkpoint(src)
+    try:
+        config, tree = _convert_object(src, obj, head)
+    except CheckpointError as exc:
+        if str(exc).startswith(str(src)):
+            raise
+        raise type(exc)(f"{src}: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError,
+            OverflowError) as exc:  # a malformed model inside a well-formed pickle
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{src}: cannot convert this checkpoint: the model in it is malformed or of an "
+                              f"unsupported layout ({type(exc).__name__}: {msg})") from None
+    validate_model(config, tree, source=f"{src} (converted)")
+    return config, tree
+
+
+def _convert_object(src, obj, head):
     from . import mace
 
     if mace.looks_like_mace(obj):

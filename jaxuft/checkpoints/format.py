@@ -8,10 +8,15 @@
 * ``params.safetensors`` -- the parameter pytree flattened to
   ``"a/b/c"`` keys (nested dict keys joined by ``/``), numpy arrays.
 
+``config.json`` also holds a sha256 ``manifest``: the hash of
+``params.safetensors`` and of the config itself (canonical JSON of every other
+key).  :func:`load_model` checks both (``verify=False`` skips it); a model
+written before manifests existed loads as "unverified" with a one-line log.
+
 :func:`save_model` writes atomically (temp dir beside ``DEST``, fsync,
 rename); :func:`load_model` validates and returns ``(config, params)`` where
 ``config`` no longer has the bookkeeping keys ``format``,
-``format_version`` and ``metadata`` (see :func:`load_metadata`), so
+``format_version``, ``manifest`` and ``metadata`` (see :func:`load_metadata`), so
 ``load_model(save_model(d, c, p))`` gives back ``c`` and ``p`` (JSON turns
 tuples into lists).
 """
@@ -33,13 +38,14 @@ from jaxuft.errors import CheckpointError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CONFIG_FILE", "PARAMS_FILE", "save_model",
            "load_model", "load_metadata", "is_converted_model", "sha256_file",
-           "flatten_params", "unflatten_params"]
+           "flatten_params", "unflatten_params", "verify_manifest"]
 
 FORMAT = "jaxuft-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
-_RESERVED = ("format", "format_version", "metadata")
+_RESERVED = ("format", "format_version", "metadata", "manifest")
+MANIFEST = "manifest"
 SEP = "/"
 
 
@@ -159,13 +165,16 @@ def save_model(dest: str | os.PathLike, config: Mapping[str, Any], params: Mappi
     old = None  # where an overwritten model waits until the new one is in place
     committed = False
     try:
+        params_path = os.path.join(tmp, PARAMS_FILE)
+        save_file(flat, params_path, metadata={"format": FORMAT})
+        _fsync(params_path)
+        doc[MANIFEST] = {"algorithm": "sha256", "config": _config_digest(doc),
+                         PARAMS_FILE: sha256_file(params_path)}
+        text = json.dumps(doc, indent=2, allow_nan=False, sort_keys=False) + "\n"
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        params_path = os.path.join(tmp, PARAMS_FILE)
-        save_file(flat, params_path, metadata={"format": FORMAT})
-        _fsync(params_path)
         _fsync(tmp)
         _check_dest(dest, overwrite)
         if os.path.lexists(dest):  # overwrite: move the old one aside first
@@ -188,6 +197,43 @@ def save_model(dest: str | os.PathLike, config: Mapping[str, Any], params: Mappi
         if old is not None and committed:  # (if not, the old model stays in `old`)
             shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def _config_digest(doc: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a config document without its manifest."""
+    body = {k: v for k, v in doc.items() if k != MANIFEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def verify_manifest(path: str | os.PathLike, doc: Mapping[str, Any] | None = None) -> bool:
+    """Check a model directory against the sha256 manifest in its ``config.json``.
+
+    True when verified; False (with a one-line log) for a model saved before
+    manifests existed; :class:`CheckpointError` naming the file on a mismatch."""
+    path = os.fspath(path)
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    doc = _read_config(path) if doc is None else doc
+    man = doc.get(MANIFEST)
+    if man is None:
+        from jaxuft.progress import get_logger
+
+        get_logger(__name__).info("%s: no sha256 manifest (saved by an older jaxuft); loading it unverified",
+                                  path)
+        return False
+    fix = ("re-convert the model (jaxuft convert SRC DEST --overwrite, or jaxuft fetch NAME --force for "
+           "a named model), or skip the check with --no-verify / verify=False if you edited it on purpose")
+    if not (isinstance(man, dict) and man.get("algorithm") == "sha256"
+            and isinstance(man.get("config"), str) and isinstance(man.get(PARAMS_FILE), str)):
+        raise CheckpointError(f"{cfg_path}: manifest: malformed sha256 manifest; {fix}")
+    if _config_digest(doc) != man["config"]:
+        raise CheckpointError(f"{cfg_path} was modified after it was saved (its sha256 does not match "
+                              f"the manifest); {fix}")
+    params_path = os.path.join(path, PARAMS_FILE)
+    if sha256_file(params_path) != man[PARAMS_FILE]:
+        raise CheckpointError(f"{params_path} is corrupt or truncated, or was modified after it was saved "
+                              f"(its sha256 does not match the manifest in {CONFIG_FILE}); {fix}")
+    return True
 
 
 def _check_json_keys(obj: Any, where: str) -> None:
@@ -245,10 +291,11 @@ def _read_config(path: str) -> dict[str, Any]:
     return doc
 
 
-def load_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_model(path: str | os.PathLike, *, verify: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a converted model directory: ``(config, params)``, params as a
     nested dict of numpy arrays.  Raises :class:`CheckpointError` for a
-    missing/corrupt/unsupported model or non-finite parameters."""
+    missing/corrupt/unsupported model, non-finite parameters, or (unless
+    ``verify=False``) files that do not match the sha256 manifest."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -265,6 +312,8 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
     for name, arr in flat.items():
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             raise CheckpointError(f"{params_path}: parameter {name} contains NaN or inf")
+    if verify:
+        verify_manifest(path, doc)
     config = {k: v for k, v in doc.items() if k not in _RESERVED}
     return config, unflatten_params(flat)
 

@@ -262,10 +262,19 @@ def fetch(
             _install_local_file(m, Path(file), checkpoint_path(name))
         if not force and is_cached(name, verify=True):
             return model_dir(name)
-        if not force and _stamp_path(name).exists():
-            _say(f"{name}: the cached conversion fails its hash check; converting again", quiet)
-        ckpt = _obtain_checkpoint(m, None, timeout, quiet)
-        return _convert_and_stamp(m, ckpt, quiet)
+        damaged = not force and (_stamp_path(name).exists() or model_dir(name).exists())
+        if damaged:
+            _say(f"{name}: the cached conversion in {model_dir(name)} is incomplete or fails its hash "
+                 "check; converting again", quiet)
+        try:
+            ckpt = _obtain_checkpoint(m, None, timeout, quiet)
+            return _convert_and_stamp(m, ckpt, quiet)
+        except (FetchError, CheckpointError) as exc:
+            if not damaged:
+                raise
+            raise type(exc)(f"{exc}\nThe cached copy of {name} at {model_dir(name)} is damaged and could not be "
+                            f"repaired; clear it with `rm -rf {model_dir(name)} {_stamp_path(name)}` and run "
+                            f"`jaxuft fetch {name}` again") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,8 +459,10 @@ def _convert_and_stamp(m: ZooModel, ckpt: Path, quiet: bool) -> Path:
     dest = model_dir(m.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _stamp_path(m.name).unlink(missing_ok=True)
-    if dest.exists() and not (dest / "config.json").exists():
-        shutil.rmtree(dest)  # a half-written directory that is not a model
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()
+    elif dest.exists() and not _is_valid_model_dir(dest):
+        shutil.rmtree(dest)  # a half-written or damaged cache entry (this directory belongs to the cache)
     _say(f"{m.name}: converting {ckpt.name}", quiet)
     metadata = {
         "zoo_name": m.name,
@@ -466,7 +477,10 @@ def _convert_and_stamp(m: ZooModel, ckpt: Path, quiet: bool) -> Path:
             from .sevennet import convert_sevennet
             from .torch_pickle import read_checkpoint
 
+            from .validate import validate_model
+
             config, params = convert_sevennet(read_checkpoint(ckpt))
+            validate_model(config, {"params": params}, source=f"{ckpt} (converted)")
             # same layout as jaxuft.checkpoints.convert writes: {"params": ...}
             save_model(dest, config, {"params": params}, metadata=metadata, overwrite=True)
         else:
@@ -486,6 +500,13 @@ def _convert_and_stamp(m: ZooModel, ckpt: Path, quiet: bool) -> Path:
     tmp.write_text(json.dumps(stamp, indent=1) + "\n")
     os.replace(tmp, _stamp_path(m.name))
     return dest
+
+
+def _is_valid_model_dir(d: Path) -> bool:
+    """A converted model whose config.json parses (the conversion will replace it)."""
+    from .format import is_converted_model
+
+    return is_converted_model(d)
 
 
 # ---------------------------------------------------------------------------------------------
