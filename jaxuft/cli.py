@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "jaxuft.md.cli",
     "jaxuft.finetune.cli",
     "jaxuft.uq.cli",
+    "jaxuft.analysis.cli",
 )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from ..fileio import atomic_open
 from .state import RUNNING
 
 #: per-frame arrays recorded by the engine (besides observables)
@@ -133,7 +134,7 @@ class Trajectory:
         return paths
 
     def save_npz(self, path: str | os.PathLike, compressed: bool = True) -> Path:
-        """All arrays in one ``.npz`` (positions/forces/cell as float32)."""
+        """All arrays in one ``.npz`` (positions/forces/cell as float32), replaced atomically."""
         arrays = {}
         for k, v in self.data.items():
             v = np.asarray(v)
@@ -144,7 +145,8 @@ class Trajectory:
             arrays["obs." + k] = np.asarray(v)
         arrays.update(valid=self.valid, numbers=self.numbers, masses=self.masses, pbc=self.pbc,
                       timestep_fs=np.asarray(self.timestep_fs))
-        (np.savez_compressed if compressed else np.savez)(path, **arrays)
+        with atomic_open(path, "wb") as f:  # a crash leaves the old file or the new one
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
         return Path(path)
 
     @staticmethod

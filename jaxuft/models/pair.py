@@ -57,3 +57,15 @@ def morse_config(atomic_numbers, r_max: float = 5.0) -> dict:
 def morse_params(n_species: int, D=0.1, a=1.5, r0=1.5, e0=0.0) -> dict:
     full = lambda v: np.full((n_species, n_species), v, dtype=np.float64)
     return {"D": full(D), "a": full(a), "r0": full(r0), "e0": np.full((n_species,), e0, dtype=np.float64)}
+
+
+def builtin_morse(numbers) -> tuple[dict, dict]:
+    """``(config, params)`` of a toy Morse potential for the elements in ``numbers``:
+    r0 from covalent radii, D 0.3 eV, a 1.5/Å, 5 Å cutoff (``jaxuft md --model morse``)."""
+    from ase.data import covalent_radii
+
+    z = sorted({int(n) for n in numbers})
+    params = morse_params(len(z), D=0.3, a=1.5, r0=0.0)
+    r = np.array([covalent_radii[k] for k in z])
+    params["r0"] = r[:, None] + r[None, :]
+    return morse_config(z, 5.0), params
