@@ -8,7 +8,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
 
-__all__ = ["pair_distances", "bond_formation", "cutoff_scan", "criterion_text"]
+__all__ = ["pair_distances", "bond_formation", "cutoff_scan", "criterion_text", "nearest_partner"]
 
 
 def _z(symbol) -> int:
@@ -79,3 +79,32 @@ def cutoff_scan(min_distance, cutoffs) -> dict:
     d = np.asarray(min_distance, dtype=np.float64)
     d = np.where(np.isnan(d), np.inf, d)
     return {float(c): int(np.sum(d < c)) for c in cutoffs}
+
+
+def nearest_partner(frames: Sequence[Atoms], a: str = "H", b: str = "Cl", exclude: Sequence[str] = ("H",),
+                    search: float = 3.0) -> dict:
+    """A second, cutoff-free criterion: per frame, the ``a`` atoms whose nearest neighbour (ignoring species in
+    ``exclude``; for H: the nearest heavy atom) is a ``b`` atom, e.g. a proton sitting on Cl rather than on O/N/C.
+
+    Returns ``n_atoms`` per frame, ``n_frames_with``, ``fraction`` and the criterion text.
+    """
+    from ase.neighborlist import neighbor_list
+
+    frames = list(frames)
+    za, zb = _z(a), _z(b)
+    skip = {_z(s) for s in exclude}
+    counts = []
+    for atoms in frames:
+        z = atoms.numbers
+        i, j, d = neighbor_list("ijd", atoms, float(search))
+        keep = (z[i] == za) & ~np.isin(z[j], list(skip))
+        i, j, d = i[keep], j[keep], d[keep]
+        order = np.lexsort((d, i))  # by atom, then distance
+        i, j = i[order], j[order]
+        first = np.r_[True, i[1:] != i[:-1]] if len(i) else np.zeros(0, bool)
+        counts.append(int(np.sum(z[j[first]] == zb)))
+    counts = np.asarray(counts)
+    ex = "/".join(exclude)
+    return {"criterion": f"an {a} atom whose nearest neighbour other than {ex} (within {search:g} Å) is {b}",
+            "n_atoms": counts, "n_frames": len(frames), "n_frames_with": int(np.sum(counts > 0)),
+            "fraction": float(np.mean(counts > 0)) if frames else float("nan")}

@@ -99,7 +99,7 @@ class DescriptorStore:
         path = Path(path)
         label = label or path.stem
         key = self._key(path, max_frames)
-        base = self.directory / f"{path.stem}-{key}"
+        base = self.directory / f"{path.parent.name}-{path.stem}-{key}"
         arr_path, meta_path = base.with_suffix(".npy"), base.with_suffix(".meta.npz")
         if arr_path.exists() and meta_path.exists():
             return self._open(arr_path, meta_path, label)

@@ -55,7 +55,7 @@ def thermo_time_ns(thermo: dict, timestep_fs: float) -> np.ndarray:
 
 def series_stats(values, time=None, tail_fraction: float = 0.5) -> dict:
     """Mean, std, min, max, first and last value of a time series, the mean of its last ``tail_fraction``,
-    and (with ``time``) the least-squares drift per unit time."""
+    and (with ``time``) the least-squares drift per unit time over the whole series and over the tail."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise ValueError("empty series")
@@ -68,4 +68,6 @@ def series_stats(values, time=None, tail_fraction: float = 0.5) -> dict:
     if time is not None and v.size > 1:
         t = np.asarray(time, dtype=np.float64)
         out["drift_per_time"] = float(np.polyfit(t, v, 1)[0])
+        tt = t[len(t) - len(tail):]
+        out["tail_drift_per_time"] = float(np.polyfit(tt, tail, 1)[0]) if len(tail) > 1 else float("nan")
     return out
