@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ __all__ = ["LabelResult", "label_frames"]
 
 log = get_logger(__name__)
 _MAX_ERROR_CHARS = 2000
+_GUARD_HINT = ("a script that labels on a LocalCluster must guard its entry point with `if __name__ == \"__main__\":` "
+               "(Dask starts each worker by importing the main module again)")
 
 
 @dataclass
@@ -89,6 +92,16 @@ def _bare(atoms):
     return a
 
 
+def _importing_main_in_child() -> bool:
+    """True while a spawned process (a Dask worker) runs the top level of the user's script again."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def _dask_client(scheduler, n_workers: int):
     """A distributed.Client: ours on a fresh LocalCluster, one on ``scheduler``'s address or cluster, or the user's own."""
@@ -105,12 +118,18 @@ def _dask_client(scheduler, n_workers: int):
         # our own scheduler reports a dead worker at once (we retry, counting attempts, and log it
         # ourselves, so dask's own error logs are silenced); at most n_workers labels are in flight
         # (the third value), so each single-threaded worker holds one label and a crash takes only it down
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            # no dashboard; the scheduler's small HTTP server takes a free local port instead of 8787
-            cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=None,
-                                               silence_logs=logging.CRITICAL,
-                                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+        if _importing_main_in_child():
+            raise LabellingError(_GUARD_HINT)
+        try:
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                # no dashboard; the scheduler's small HTTP server takes a free local port instead of 8787
+                cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None,
+                                                   silence_logs=logging.CRITICAL,
+                                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+        except Exception as exc:
+            raise LabellingError(f"could not start a local Dask cluster ({type(exc).__name__}: {exc}); if this is "
+                                 f"a script, note that {_GUARD_HINT}; or label in this process with n_workers=0") from exc
         try:
             client = distributed.Client(cluster)
             try:
