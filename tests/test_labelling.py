@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.io import read, write
@@ -24,7 +22,6 @@ from jaxuft.labelling import (
 )
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 
 def cu_frames(n: int, mode: dict | None = None):
