@@ -202,7 +202,7 @@ def save_model(dest: str | os.PathLike, config: Mapping[str, Any], params: Mappi
 def _config_digest(doc: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of a config document without its manifest."""
     body = {k: v for k, v in doc.items() if k != MANIFEST}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))  # (a hand edit may add NaN)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

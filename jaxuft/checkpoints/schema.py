@@ -229,5 +229,5 @@ def validate_model_config(config: Any, source: str = "config") -> dict:
     try:
         schema.model_validate(config)
     except ValidationError as exc:
-        raise CheckpointError(format_validation_error(exc, source)) from None
+        raise CheckpointError(format_validation_error(exc, source).replace("Value error, ", "")) from None
     return config

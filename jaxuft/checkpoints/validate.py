@@ -18,7 +18,10 @@ import numpy as np
 from ..errors import CheckpointError
 from .schema import validate_model_config
 
-__all__ = ["validate_model", "check_params", "split_tree"]
+__all__ = ["validate_model", "check_params", "split_tree", "MAX_ABS_PARAM"]
+
+#: no trained weight, E0 or scale comes near this; larger values mean corrupt or tampered weights
+MAX_ABS_PARAM = 1e12
 
 
 def split_tree(tree: Mapping[str, Any]) -> tuple[Mapping, Mapping | None]:
@@ -86,6 +89,9 @@ def check_params(config: Mapping[str, Any], params: Mapping[str, Any], constants
             raise CheckpointError(f"{source}: parameter {name} has dtype {arr.dtype}; expected a real number type")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise CheckpointError(f"{source}: parameter {name} contains NaN or inf; the weights are corrupt")
+        if arr.dtype.kind == "f" and arr.size and float(np.max(np.abs(arr))) > MAX_ABS_PARAM:
+            raise CheckpointError(f"{source}: parameter {name} holds values up to {float(np.max(np.abs(arr))):.3g}, "
+                                  f"beyond any trained model (limit {MAX_ABS_PARAM:g}); the weights are corrupt")
     try:
         expected = _expected(config, constants)
     except CheckpointError:

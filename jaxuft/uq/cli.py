@@ -74,13 +74,39 @@ def _read(paths, index):
     for p in paths:
         if not Path(p).exists():
             raise SystemExit(f"error: {p} does not exist")
-        got = ase.io.read(p, index)
+        try:
+            got = ase.io.read(p, index)
+        except Exception as exc:  # ASE raises many types for unreadable files
+            raise SystemExit(f"error: cannot read {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         got = [got] if not isinstance(got, list) else got
         frames.extend(got)
         sources.append(str(p))
     if not frames:
         raise SystemExit("error: no structures read")
     return frames, sources
+
+
+def _check_elements(desc, frames, pca_file) -> None:
+    """Atomic numbers within 1-118, and (SOAP) only elements the PCA was fitted with: one-line errors."""
+    from ase.data import chemical_symbols
+
+    from ..errors import StructureError
+    from ..structures import check_atomic_numbers
+
+    known = getattr(desc, "atomic_numbers", None)  # SOAP species; a model descriptor checks its own
+    for k, a in enumerate(frames):
+        try:
+            check_atomic_numbers(a.get_atomic_numbers(), label=f"frame {k}")
+        except StructureError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if known is not None:
+            bad = sorted(set(int(z) for z in a.get_atomic_numbers()) - set(int(z) for z in known))
+            if bad:
+                raise SystemExit(
+                    f"error: frame {k} contains element(s) {', '.join(chemical_symbols[z] for z in bad)} that the "
+                    f"PCA in {pca_file} was not fitted with (its SOAP species: "
+                    f"{' '.join(chemical_symbols[int(z)] for z in known)}); refit with `jaxuft qres fit` on data "
+                    "that includes them (or list them with --species), or leave those frames out")
 
 
 def _say(args, *msg):
@@ -93,6 +119,7 @@ def cmd_fit(args) -> int:
     from .descriptors import ModelDescriptor, soap_descriptor, species_of
 
     frames, sources = _read(args.train, args.index)
+    _check_elements(None, frames, None)
     if args.descriptor == "soap":
         species = args.species or species_of(frames)
         desc = soap_descriptor(species, args.r_cut, args.n_max, args.l_max, args.sigma, not args.no_periodic, args.dtype)
@@ -128,6 +155,7 @@ def cmd_score(args) -> int:
     desc = from_settings(meta["descriptor"], potential=args.model)
     limits = ElementLimits.from_dict(meta["element_limits"]) if "element_limits" in meta else None
     frames, sources = _read(args.frames, args.index)
+    _check_elements(desc, frames, args.pca_file)
     res = score_frames(pca, desc, frames, progress=not args.quiet)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
