@@ -383,6 +383,9 @@ def sweep_main(argv) -> int:
 
 
 if __name__ == "__main__":
+    from jaxuft import host_memory
+
+    host_memory.tune()  # jaxuft side runs with the allocator the CLI uses (jaxuft/host_memory.py)
     if len(sys.argv) > 1 and sys.argv[1] in ("sweep", "curve"):
         sys.exit(sweep_main(sys.argv[1:]))
     sys.exit(main())

@@ -332,4 +332,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from jaxuft import host_memory
+
+    host_memory.tune()  # jaxuft side runs with the allocator the CLI uses (jaxuft/host_memory.py)
     sys.exit(main())

@@ -114,7 +114,7 @@ def measure(pot, atoms, replicas: int, steps: int, dtype: str) -> dict:
 
 def torch_reference(model_path: str, atoms, steps: int, dtype: str, threads: int, tuned_malloc: bool = False) -> dict | None:
     """mace-torch + ASE Langevin in the mace venv.  ``tuned_malloc``: run it with the same glibc
-    allocator settings that ``import jaxuft`` applies (jaxuft/host_memory.py), as environment
+    allocator settings that the jaxuft CLI and benchmarks apply (jaxuft/host_memory.py), as environment
     variables, so the comparison is like for like."""
     if not MACE_PYTHON.exists():
         print(f"[bench_md] no mace reference venv at {MACE_PYTHON}: skipping mace-torch + ASE")
@@ -226,4 +226,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from jaxuft import host_memory
+
+    host_memory.tune()  # jaxuft side runs with the allocator the CLI uses (jaxuft/host_memory.py)
     sys.exit(main())

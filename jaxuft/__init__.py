@@ -8,21 +8,19 @@ Public API::
     pot.descriptors(atoms)                            # (n_atoms, n_features)
 """
 
-from . import host_memory as _host_memory
-
-_host_memory.tune()  # before jax allocates: see jaxuft/host_memory.py (JAXUFT_TUNE_MALLOC=0 disables)
-
-from .api import convert, load  # noqa: E402
-from .calculator import Calculator  # noqa: E402
-from .errors import (  # noqa: E402
+# The host allocator is tuned by the ``jaxuft`` command and the benchmarks, not on import: a library
+# must not change its host process's allocator unasked.  Opt in with ``jaxuft.host_memory.tune()``.
+from .api import convert, load
+from .calculator import Calculator
+from .errors import (
     CheckpointError,
     JaxuftError,
     StructureError,
     UnknownElementError,
     UnsafeCheckpointError,
 )
-from .graph import Graph  # noqa: E402
-from .potential import Potential  # noqa: E402
+from .graph import Graph
+from .potential import Potential
 
 __version__ = "0.1.0"
 

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from . import host_memory
+
+    host_memory.tune()  # the command line opts in to the tuned allocator (see jaxuft/host_memory.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

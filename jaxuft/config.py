@@ -49,6 +49,8 @@ def format_validation_error(exc: ValidationError, source: str | None = None) -> 
     for err in exc.errors():
         where = _loc(tuple(err.get("loc", ())))
         msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
         if err.get("type") == "extra_forbidden":
             msg = "unknown field (check its spelling; `jaxuft config schema` lists the fields)"
         got = err.get("input")

@@ -9,10 +9,12 @@ time on CPU (measured: MACE-MP-0b-small energy+forces+stress on the 197-atom pap
 frame, 2 cores, 346 -> 205 ms; see benchmarks/RESULTS.md).
 
 :func:`tune` keeps freed memory in one arena for reuse (``mallopt``: one arena, no
-trimming, no mmap below 1 GiB, 1 GiB top pad).  It is applied once when ``jaxuft`` is
-imported, on Linux with glibc only; the cost is that the process keeps its peak heap
-instead of returning it to the OS.  Set ``JAXUFT_TUNE_MALLOC=0`` to leave the
-allocator alone (or to set the ``MALLOC_*`` environment variables yourself).
+trimming, no mmap below 1 GiB, 1 GiB top pad), on Linux with glibc only; the cost is that
+the process keeps its peak heap instead of returning it to the OS.  The ``jaxuft`` command
+and the benchmarks apply it at start; ``import jaxuft`` does not (a library must not change
+its host process's allocator unasked): call ``jaxuft.host_memory.tune()`` first thing in a
+script to opt in.  ``JAXUFT_TUNE_MALLOC=0`` leaves the allocator alone everywhere (or set
+the ``MALLOC_*`` environment variables yourself).
 """
 
 from __future__ import annotations

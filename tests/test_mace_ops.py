@@ -93,10 +93,16 @@ def test_conv_messages_equals_dense_tensor_product():
     np.testing.assert_allclose(np.asarray(got), np.concatenate(outs, axis=1), rtol=1e-12, atol=1e-12)
 
 
+def test_host_allocator_is_left_alone_on_import():
+    code = "import jaxuft; from jaxuft import host_memory; print(host_memory.applied())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_host_allocator_tuning_is_applied_and_can_be_disabled():
     if not sys.platform.startswith("linux"):
         pytest.skip("mallopt tuning is Linux/glibc only")
-    code = "import jaxuft; from jaxuft import host_memory; print(host_memory.applied())"
+    code = "from jaxuft import host_memory; host_memory.tune(); print(host_memory.applied())"
     env = dict(os.environ)
     env.pop("JAXUFT_TUNE_MALLOC", None)
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

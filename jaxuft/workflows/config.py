@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ..config import StrictModel
+from ..finetune.config import FinetuneConfig
 from ..labelling.oracles import OracleConfig
 
 __all__ = [
@@ -139,7 +140,8 @@ class WorkflowConfig(StrictModel):
     foundation: FoundationSpec = Field(default_factory=FoundationSpec)
     md: MDSettings = Field(default_factory=MDSettings)
     labelling: LabellingSettings = Field(default_factory=LabellingSettings)
-    finetune: dict[str, Any] = Field(default_factory=dict, description="jaxuft.finetune.FinetuneConfig fields")
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(e0s="lstsq"),
+                                     description="per-round fine-tuning (jaxuft.finetune.FinetuneConfig); e0s default lstsq")
     protocols: list[Literal["naive", "periodic", "nonperiodic"]] = Field(default_factory=lambda: ["naive", "periodic"])
     naive: NaiveSettings = Field(default_factory=NaiveSettings)
     periodic: PeriodicSettings = Field(default_factory=PeriodicSettings)
@@ -147,21 +149,14 @@ class WorkflowConfig(StrictModel):
     evaluation: EvaluationSettings | None = Field(default_factory=EvaluationSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
 
-    @field_validator("finetune")
+    @field_validator("finetune", mode="before")
     @classmethod
-    def _finetune(cls, v):
-        from ..finetune import FinetuneConfig
-
-        from pydantic import ValidationError
-
-        from ..config import format_validation_error
-
-        try:
-            FinetuneConfig(**v)
-        except ValidationError as exc:
-            raise ValueError(format_validation_error(exc).replace("\n", "; ")) from None
-        except (TypeError, ValueError) as exc:  # a dataclass config refuses unknown fields with TypeError
-            raise ValueError(str(exc)) from None
+    def _finetune_defaults(cls, v):
+        """The oracle's energy zero is not the foundation's: E0s are refitted (lstsq) unless set."""
+        if v is None:
+            v = {}
+        if isinstance(v, dict) and "e0s" not in v:
+            v = {**v, "e0s": "lstsq"}
         return v
 
     @model_validator(mode="after")
@@ -186,10 +181,9 @@ class WorkflowConfig(StrictModel):
     def finetune_config(self):
         """The per-round fine-tuning settings: jaxuft's fine-tuning defaults, E0s refitted to the oracle's
         labels (``e0s: lstsq``, since an oracle's energy zero is not the foundation's), progress bars only on
-        a terminal; every field can be overridden under ``finetune:``."""
-        from ..finetune import FinetuneConfig
+        a terminal unless ``finetune.progress`` is set; every field can be overridden under ``finetune:``."""
         from ..progress import progress_enabled
 
-        values = {"e0s": "lstsq", "progress": progress_enabled()}
-        values.update(self.finetune)
-        return FinetuneConfig(**values)
+        if "progress" in self.finetune.model_fields_set:
+            return self.finetune
+        return self.finetune.model_copy(update={"progress": progress_enabled()})
