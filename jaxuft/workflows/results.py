@@ -12,12 +12,6 @@ from .steps import Context
 
 __all__ = ["collect_results"]
 
-AMU_PER_A3_TO_G_CM3 = 1.66053906660
-
-
-def _density(frames) -> np.ndarray:
-    return np.array([a.get_masses().sum() / a.get_volume() * AMU_PER_A3_TO_G_CM3 for a in frames])
-
 
 def _bonds(frames, pairs) -> list[dict]:
     out = []
@@ -27,8 +21,8 @@ def _bonds(frames, pairs) -> list[dict]:
 
     for a, b, cutoff in pairs:
         res = bond_formation(frames, a, b, cutoff)
-        out.append({"pair": f"{a}-{b}", "cutoff_A": float(cutoff),
-                    "frames_with_bond": int(res["frames_with_bond"]), "n_frames": int(res["n_frames"])})
+        out.append({"pair": f"{a}-{b}", "cutoff_A": float(cutoff), "criterion": res["criterion"],
+                    "frames_with_bond": int(res["n_frames_with_bond"]), "n_frames": int(res["n_frames"])})
     return out
 
 
@@ -79,7 +73,9 @@ def collect_results(ctx: Context, protocols: dict, evaluation: dict | None) -> d
             r = residuals(model_frames, labelled)
             entry = {"model": ev["model"], "residuals": r, "stopped": ev["md"]["stopped_replicas"]}
             if all(model_frames[0].pbc):
-                d = _density(model_frames)
+                from ..analysis import density_series
+
+                d = density_series(model_frames)["density"]
                 entry["density_g_cm3"] = {"mean": float(d.mean()), "std": float(d.std()), "first": float(d[0]),
                                           "last": float(d[-1]), "series": d.tolist(),
                                           "time_fs": [float(a.info["time_fs"]) for a in model_frames]}

@@ -39,11 +39,17 @@ def build_structure(cfg: WorkflowConfig, base_dir: Path) -> Atoms:
         return atoms
     from ase.io import read
 
-    path = Path(spec.file)
+    if "JAXUFT_PAPER_DATA" not in os.environ:  # the paper data beside the checkout, as in CI
+        for cand in (Path.cwd() / "../shared/paper-data", base_dir / "../../shared/paper-data"):
+            if cand.is_dir():
+                os.environ["JAXUFT_PAPER_DATA"] = str(cand.resolve())
+                break
+    path = Path(os.path.expandvars(os.path.expanduser(spec.file)))
     if not path.is_absolute():
         path = base_dir / path
     if not path.exists():
-        raise FileNotFoundError(f"structure.file {path} does not exist; give a path relative to the config file")
+        raise FileNotFoundError(f"structure.file {path} does not exist; give a path relative to the config file "
+                                "(environment variables such as $JAXUFT_PAPER_DATA are expanded)")
     atoms = read(path, index=spec.index)
     atoms.calc = None
     return atoms
