@@ -41,7 +41,7 @@ def main():
     out = Path(args.output)
     traj.write_extxyz(out)
     traj.save_npz(out / "trajectory.npz")
-    md.save_state(state, out / "state.npz")
+    sim.save(state, out / "state.npz")  # self-describing: md.Simulation.restore(path, potential) continues it
     rep = traj.report
     print(f"{rep['replicas']} x {rep['atoms']} atoms: {rep['atom_steps_per_s']:.3g} atom-steps/s, "
           f"{rep['compilations']} compilation(s) in {rep['compile_s']:.1f} s")

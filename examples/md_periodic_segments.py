@@ -7,7 +7,13 @@ recorded frame and stops a replica when it exceeds a threshold that is passed as
 runtime array (changing it does not recompile either).
 
     python examples/md_periodic_segments.py
+
+Every chunk is checkpointed (``on_chunk``), so a killed run continues from its last chunk with
+``md.Simulation.restore`` -- shown at the end.
 """
+
+import tempfile
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,12 +43,20 @@ state = sim.init(atoms, replicas=2, seed=1)
 ref_mean = jnp.asarray(potential.descriptors(atoms).mean(axis=0))
 extra = {"mean": ref_mean, "threshold": jnp.asarray(1e6)}
 
+checkpoint = Path(tempfile.mkdtemp()) / "state.npz"
 params = potential.params
 for segment in range(3):
     with md.CompilationCounter() as cc:
-        state, traj = sim.run(state, params, n_steps=500, record_every=50, extra=extra)
+        state, traj = sim.run(state, params, n_steps=500, record_every=50, extra=extra,
+                              on_chunk=lambda st, frames: sim.save(st, checkpoint, extra={"segment": segment}))
     vol = np.abs(np.linalg.det(traj.cell)).mean(axis=1) / len(atoms)
     print(f"segment {segment}: V/atom {vol.round(3)} Å^3, max score {traj.max_score.max():.3g}, "
           f"compilations {cc.count}, stops {[s['status'] for s in traj.report['stops']]}")
     # "fine-tune": here just a slightly deeper well; real code would call jaxuft.finetune
     params = dict(params, D=params["D"] * 1.02)
+
+# continue from the last checkpoint with nothing but the file and the potential (hooks are passed again)
+sim2, state2 = md.Simulation.restore(checkpoint, potential, observables=monitor, stop_if=too_far)
+print(f"restored at step {int(state2.step.max())} (segment {sim2.saved_description['extra']['segment']}), "
+      f"ensemble {sim2.ensemble.kind}, capacity {sim2.spec.capacity}")
+state2, _ = sim2.run(state2, params, n_steps=100, record_every=50, extra=extra)

@@ -6,7 +6,8 @@ Quick start::
     sim = md.Simulation(potential, md.Langevin(timestep=1.0, temperature=300, friction=0.01))
     state = sim.init(atoms, replicas=4, seed=0)          # validates input; compiles nothing
     state, traj = sim.run(state, potential.params, n_steps=2000, record_every=20)
-    traj.write_extxyz("out"); traj.save_npz("out/traj.npz"); md.save_state(state, "out/state.npz")
+    traj.write_extxyz("out"); traj.save_npz("out/traj.npz"); sim.save(state, "out/state.npz")
+    sim, state = md.Simulation.restore("out/state.npz", potential)   # continues exactly
 
 Units: fs, K, bar at the interface; eV, Å, amu inside (ASE units; momenta as ``Atoms.get_momenta()``).
 
@@ -28,8 +29,12 @@ Design (see the module docstrings for details):
   pressures, limits and ``extra`` are runtime arguments: changing them compiles nothing.
   Compiled segments are shared between Simulation objects with equal static settings
   (define hook functions once: their identity is part of the compiled program).
+* Saved states describe their run: ``sim.save(state, path)`` and
+  ``Simulation.restore(path, potential)`` continue bit-identically (:mod:`~jaxuft.md.restart`);
+  ``sim.run(..., on_chunk=fn)`` checkpoints or writes frames after every chunk.
+  :class:`MDConfig` (pydantic) holds the settings of a run; ``jaxuft md``'s flags come from it.
 * :mod:`~jaxuft.md.trajectory` (extxyz per replica, npz), :mod:`~jaxuft.md.state`
-  (save/restore), :mod:`~jaxuft.md.compilation` (a reusable XLA compilation counter),
+  (the state file), :mod:`~jaxuft.md.compilation` (a reusable XLA compilation counter),
   :mod:`~jaxuft.md.cli` (``jaxuft md``).
 * Differentiable: ``jax.grad`` through :meth:`Simulation.initial_state` +
   :meth:`Simulation.segment` w.r.t. params and initial positions (``remat=True`` to
@@ -48,11 +53,12 @@ from .integrators import (
     nvt_nose_hoover, temperature,
 )
 from .neighbors import NeighborList, NeighborSpec
-from .state import STATUS_KEYS, MDState, load_state, save_state
+from .config import MDConfig
+from .state import STATUS_KEYS, MDState, load_state, read_state, save_state, structure_fingerprint
 from .trajectory import Trajectory
 
 __all__ = [
-    "CapacityError", "CompilationCounter", "Diagnostics", "Ensemble", "ForceField", "ForceOutput",
+    "CapacityError", "CompilationCounter", "MDConfig", "read_state", "structure_fingerprint", "Diagnostics", "Ensemble", "ForceField", "ForceOutput",
     "Langevin", "MDInputError", "MDState", "NPT", "NVE", "NeighborList", "NeighborSpec", "NoseHoover",
     "Program", "STATUS_KEYS", "Safety", "compiled_segment", "executable", "initial_state", "segment_fn", "Simulation", "System", "Trajectory", "instantaneous_pressure",
     "jax_md_energy_fn", "jax_md_space", "kinetic_energy", "load_state", "make", "maxwell_boltzmann", "npt_nose_hoover",

@@ -6,6 +6,8 @@
   groups (``replica_batch``) inside the same program, which bounds the temporaries per step.
 * ``params``, temperatures, timesteps, pressures, safety limits and the observables'
   ``extra`` arrays are runtime arguments: changing them compiles nothing.
+* With ``Program.ticks`` the scan calls the host every ``limits["tick_every"]`` steps (a
+  runtime number: progress bars move during a chunk; choosing it compiles nothing).
 * Compiled segments are shared by every :class:`~jaxuft.md.simulation.Simulation` with
   the same :class:`Program` (model architecture, ensemble kind, capacities, chunk
   length, hooks) and argument shapes.
@@ -79,6 +81,7 @@ class Program(NamedTuple):
     stop_if: Callable | None = None
     remat: bool = False
     replica_batch: int = 0  # most replicas vmapped together (0: all); groups run one after another
+    ticks: bool = False  # report progress to the host inside the scan (limits["tick_every"], ["tick_token"])
 
 
 def _force_fn(program: Program, params, system: System, axis_name=AXIS):
@@ -123,7 +126,7 @@ def _diag_from(diag: Diagnostics, running, nbrs: nl.NeighborList, out, rebuilt) 
     )
 
 
-def _replica_segment(program: Program, params, system: System, state: MDState, cond, limits, extra):
+def _replica_segment(program: Program, params, system: System, state: MDState, cond, limits, extra, group=0):
     """One replica (inside ``vmap(axis_name=AXIS)``): refresh forces, then scan the steps.
 
     The step is traced once: the first iteration of the inner scan of the first record
@@ -178,6 +181,10 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
             skip = (k > 0) & (j == 0)
             any_running = jax.lax.psum((state.status == RUNNING).astype(jnp.int32), AXIS) > 0
             carry = jax.lax.cond(any_running & ~skip, lambda: advance(state, diag, refresh), lambda: (state, diag))
+            if program.ticks:  # unbatched predicate: a real branch, taken every tick_every steps
+                done = k * program.record_every + j
+                jax.lax.cond((j > 0) & (done % limits["tick_every"] == 0),
+                             lambda: jax.debug.callback(_tick, limits["tick_token"], group, done), lambda: None)
             return carry, None
 
         carry, _ = jax.lax.scan(step, carry, jnp.arange(program.record_every + 1))
@@ -206,17 +213,31 @@ def segment_fn(program: Program):
     -> (state, frames, observables, diagnostics)``; frames are ``(R, F, ...)``."""
 
     def fn(params, system, state, cond, limits, extra):
-        one = jax.vmap(lambda s: _replica_segment(program, params, system, s, cond, limits, extra), axis_name=AXIS)
+        def one(s, group=0):
+            return jax.vmap(lambda s: _replica_segment(program, params, system, s, cond, limits, extra, group),
+                            axis_name=AXIS)(s)
+
         r = state.positions.shape[0]
         b = _largest_divisor_at_most(r, program.replica_batch) if program.replica_batch else r
         if b >= r:
             return one(state)
         # groups of b replicas, one after another: bounded temporaries (cache- and allocator-friendly on CPU)
         grouped = jax.tree_util.tree_map(lambda x: x.reshape((r // b, b) + x.shape[1:]), state)
-        out = jax.lax.map(one, grouped)
+        out = jax.lax.map(lambda gs: one(gs[1], gs[0]), (jnp.arange(r // b), grouped))
         return jax.tree_util.tree_map(lambda x: x.reshape((r,) + x.shape[2:]), out)
 
     return fn
+
+
+#: progress listeners of running segments, by token: ``fn(group, steps_done_in_chunk)``
+_LISTENERS: dict[int, Callable[[int, int], None]] = {}
+
+
+def _tick(token, group, done) -> None:
+    """Host side of the in-scan progress callback."""
+    fn = _LISTENERS.get(int(token))
+    if fn is not None:
+        fn(int(group), int(done))
 
 
 @functools.lru_cache(maxsize=128)

@@ -47,6 +47,7 @@ from .segment import (
     segment_fn,
 )
 from .state import RUNNING, STATUS_KEYS, STATUS_NAMES, MDState, structure_fingerprint
+from .ticker import ChunkProgress
 from .trajectory import Trajectory
 from .units import KB
 
@@ -159,7 +160,7 @@ class Simulation:
         self.regrows = 0
 
     # ------------------------------------------------------------------ pure functions
-    def program(self, n_records: int, record_every: int, spec=None) -> Program:
+    def program(self, n_records: int, record_every: int, spec=None, ticks: bool = False) -> Program:
         return Program(
             module=self.potential.module,
             ensemble=self.ensemble.static_key,
@@ -170,6 +171,7 @@ class Simulation:
             stop_if=self.stop_if,
             remat=self.remat,
             replica_batch=self._replica_batch(spec or self.spec),
+            ticks=bool(ticks),
         )
 
     def _replica_batch(self, spec) -> int:
@@ -475,11 +477,10 @@ class Simulation:
         r, n_atoms = state.positions.shape[0], state.positions.shape[1]
         if progress is None:
             progress = n_chunks > 1
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n_steps, unit="step", desc=f"MD {self.ensemble.kind} x{r}", leave=False)
+        batch = self._replica_batch(self.spec)
+        n_groups = r // _largest_divisor_at_most(r, batch) if batch else 1
+        # the program always carries the progress ticks (bar or not), so every run uses the same code
+        bar = ChunkProgress(n_steps, chunk * record_every, n_groups, f"MD {self.ensemble.kind} x{r}", progress)
         extra = jax.device_put(extra)  # arrays with fixed types (python scalars would retrace)
         counter = CompilationCounter().start()
         compile_wall = 0.0
@@ -490,29 +491,29 @@ class Simulation:
         regrows0 = self.regrows
         try:
             for _ in range(n_chunks):
+                t_chunk, compiling = time.perf_counter(), 0.0
                 while True:
                     spec = self.spec
-                    args = (params, self.system, state, cond, limits, extra)
-                    fn, seconds = executable(self.program(chunk, record_every, spec), args)
-                    compile_wall += seconds
+                    args = (params, self.system, state, cond, {**limits, **bar.limits()}, extra)
+                    fn, seconds = executable(self.program(chunk, record_every, spec, ticks=True), args)
+                    compiling += seconds
                     new_state, frames, obs, diag = fn(*args)
                     if self.overflowed(diag, spec):
                         state = self._regrow(state, diag)
                         continue
                     break
+                compile_wall += compiling
                 chunk_start_status = np.asarray(jax.device_get(state.status))
                 state = new_state
                 rebuilds += np.asarray(jax.device_get(diag.rebuilds))
                 frames_parts.append(jax.device_get(frames))
                 obs_parts.append(jax.device_get(obs))
-                if bar is not None:
-                    bar.update(chunk * record_every)
+                bar.chunk_done(time.perf_counter() - t_chunk - compiling)
                 if on_chunk is not None:
                     on_chunk(state, self._trajectory(frames_parts[-1], obs_parts[-1], chunk_start_status))
         finally:
             counter.stop()
-            if bar is not None:
-                bar.close()
+            bar.close()
         wall = time.perf_counter() - t_start
         data = {k: np.concatenate([f[k] for f in frames_parts], axis=1) for k in frames_parts[0]}
         observables = {k: np.concatenate([o[k] for o in obs_parts], axis=1) for k in obs_parts[0]}
