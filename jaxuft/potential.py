@@ -25,7 +25,7 @@ from ase import Atoms
 
 from .graph import Graph, edge_vectors, graph_sum
 from .graph import bucket_size
-from .structures import SpeciesMap, atoms_to_graph, atoms_to_host_graph, batch_host_graphs
+from .structures import DEFAULT_MIN_DISTANCE, SpeciesMap, atoms_to_graph, atoms_to_host_graph, batch_host_graphs
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -163,11 +163,14 @@ class Potential:
         Structures are validated first (atomic numbers 1-118 known to the model, no two
         atoms closer than ``min_distance`` Å, default 0.5) and their positions wrapped or
         centred on the host before the cast to the model's dtype."""
-        return atoms_to_graph(atoms, self.species_map, self.cutoff, dtype=self.dtype, min_distance=min_distance)
+        limit = DEFAULT_MIN_DISTANCE if min_distance is None else min_distance
+        return atoms_to_graph(atoms, self.species_map, self.cutoff, dtype=self.dtype, min_distance=limit)
 
     def host_graphs(self, frames: Sequence[Atoms], min_distance: float | None = None):
+        """Validated host graphs (see :meth:`graph`; ``min_distance`` defaults to 0.5 Å)."""
+        limit = DEFAULT_MIN_DISTANCE if min_distance is None else min_distance
         return [atoms_to_host_graph(a, self.species_map, self.cutoff, label=f"structure {k}",
-                                    min_distance=min_distance) for k, a in enumerate(frames)]
+                                    min_distance=limit) for k, a in enumerate(frames)]
 
     def predict(self, atoms: Atoms | Sequence[Atoms], capacity: tuple[int, int] | None = None, hosts=None,
                 min_distance: float | None = None):

@@ -21,9 +21,10 @@ from .errors import StructureError, UnknownElementError
 from .graph import Graph, bucket_size, pad_graph_arrays
 from .neighbors import neighbor_list
 
-#: absolute floor (Å): atoms closer than this overlap whatever is configured (MD's stop criterion uses it)
+#: floor (Å) of the low-level graph builders here when no ``min_distance`` is given (MD uses it too)
 MIN_DISTANCE = 0.1
-#: default minimum interatomic distance (Å) of an input structure; settable per call (``min_distance=``)
+#: default minimum interatomic distance (Å) of structures given to a Potential, the ASE calculator and
+#: ``jaxuft predict``; settable per call (``min_distance=``, ``--min-distance``)
 DEFAULT_MIN_DISTANCE = 0.5
 
 
@@ -86,8 +87,8 @@ def validate_atoms(atoms: Atoms, cutoff: float | None = None, label: str = "stru
 
 
 def check_overlaps(senders, receivers, lengths, label="structure", min_distance: float | None = None) -> None:
-    """Raise :class:`StructureError` if any pair is closer than ``min_distance`` Å (default 0.5)."""
-    limit = DEFAULT_MIN_DISTANCE if min_distance is None else float(min_distance)
+    """Raise :class:`StructureError` if any pair is closer than ``min_distance`` Å (default :data:`MIN_DISTANCE`)."""
+    limit = MIN_DISTANCE if min_distance is None else float(min_distance)
     close = lengths < limit
     if np.any(close):
         k = int(np.argmin(np.where(close, lengths, np.inf)))
@@ -143,7 +144,8 @@ def atoms_to_host_graph(atoms: Atoms, species_map: SpeciesMap, cutoff: float, la
     """Validate ``atoms`` and build its neighbour graph within ``cutoff`` Å.
 
     Positions are canonicalised first (:func:`canonical_positions`); atoms closer than
-    ``min_distance`` (default :data:`DEFAULT_MIN_DISTANCE`) are refused."""
+    ``min_distance`` (default :data:`MIN_DISTANCE`; a :class:`~jaxuft.potential.Potential`
+    passes :data:`DEFAULT_MIN_DISTANCE`) are refused."""
     validate_atoms(atoms, cutoff, label)
     species = species_map(atoms.get_atomic_numbers())
     placed = atoms.copy()

@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 
+#: the paper's DFT data: ``$JAXUFT_PAPER_DATA`` if set, else ``../shared/paper-data`` beside the repo.
+#: The one place tests find it (``from conftest import PAPER_DATA``); tests skip with a reason when absent.
 PAPER_DATA = Path(os.environ.get("JAXUFT_PAPER_DATA", REPO.parent / "shared" / "paper-data"))
 
 

@@ -10,7 +10,6 @@ step factories are cached per architecture and settings).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ from jaxuft.models.pair import morse_config, morse_params
 from jaxuft.potential import Potential
 
 ZS = (29, 47)
-PAPER = Path(__file__).resolve().parents[1] / ".." / "shared" / "paper-data"
+from conftest import PAPER_DATA as PAPER  # honours $JAXUFT_PAPER_DATA
 
 
 # ---- synthetic data ----------------------------------------------------------------------

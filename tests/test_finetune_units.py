@@ -33,7 +33,7 @@ def _frames(n=5, seed=0, pbc=True):
     for k in range(n):
         m = 3 + k % 3
         a = Atoms(numbers=rng.choice(ZS, size=m), positions=np.arange(m)[:, None] * 2.0 + rng.normal(0, 0.1, (m, 3)),
-                  cell=np.eye(3) * 8.0, pbc=pbc)
+                  cell=np.eye(3) * 10.0, pbc=pbc)  # 8 Å put atom 4 on atom 0's image (0.2 Å)
         out.append(Frame(atoms=a, energy=float(rng.normal()), forces=rng.normal(size=(m, 3)),
                          stress=rng.normal(size=(3, 3)) if pbc and k != 1 else None, weight=1.0 + k, source=f"f{k}"))
     return out

@@ -1,7 +1,5 @@
 """SOAP in JAX (jaxuft.uq.SOAP) against dscribe 2.1's SOAP: same vectors to <= 1e-6 relative."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase import Atoms
@@ -11,7 +9,7 @@ from jaxuft.uq import SOAP
 from jaxuft.uq import soap as soap_mod
 from jaxuft.uq.soap import real_solid_harmonics
 
-PAPER = Path(__file__).resolve().parents[1] / ".." / "shared" / "paper-data"
+from conftest import PAPER_DATA as PAPER  # honours $JAXUFT_PAPER_DATA
 PAPER_FRAME = PAPER / "chclca" / "test" / "independent.xyz"
 
 dscribe = pytest.importorskip("dscribe.descriptors", reason="dscribe (a test dependency) is needed for parity tests")
