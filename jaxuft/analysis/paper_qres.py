@@ -64,8 +64,8 @@ def qres_sections(rep: Report, c, out: Path, cache_dir: Path, cache_dtype: str, 
         f"Per-atom SOAP (r_cut 5 Å, n_max {n_max}, l_max {l_max}, sigma 0.375 Å, periodic, species "
         f"{' '.join(species)}; {desc.n_features} features, equal to dscribe's), PCA with 5 components (centred, "
         "unscaled) fitted on a training set; Q = squared distance of an atom's descriptor from the PCA subspace. "
-        "Limit per element: mean + 2σ of the training atoms' Q (the paper's). Descriptors are cached per file in "
-        f"`{cache_dir.name}/`; the PCA is streamed (subspace iteration over the cache, no {desc.n_features}² covariance).")
+        "Limit per element: mean + 2σ of the training atoms' Q (the paper's). Descriptors are cached per file "
+        f"(`--cache-dir`); the PCA is streamed (subspace iteration over the cache, no {desc.n_features}² covariance).")
     train = {k: get(rel) for k, rel in TRAIN_SETS.items()}
     fits = {k: _fit([v], k, show_progress) for k, v in train.items()}
     fits["N-50 + FT5"] = _fit([train["N-50"], train["FT5"]], "N-50 + FT5", show_progress)
@@ -103,6 +103,14 @@ def qres_sections(rep: Report, c, out: Path, cache_dir: Path, cache_dtype: str, 
     summary["eval"] = ev_summary
     rep.paragraph("Percentage of atoms whose Q exceeds their element's limit, under the PCA of each training set:")
     rep.table(["model", "frames"] + [f"PCA {k} %" for k in pcas], rows, digits=1)
+    fams = {"naive": "N-", "nonperiodic": "NP-", "periodic": "FT"}
+    means = {}
+    for fam, prefix in fams.items():
+        sel = [r for r in rows if r[0].startswith(prefix) and not (prefix == "N-" and r[0].startswith("NP-"))]
+        means[fam] = {k: float(np.mean([r[2 + j] for r in sel])) for j, k in enumerate(pcas)}
+    summary["eval_mean_percent_over"] = means
+    rep.bullets([f"{fam} models' runs, mean over the family: " + ", ".join(f"PCA {k} {v:.1f} %" for k, v in m.items())
+                 for fam, m in means.items()])
     rep.paragraph("Per element (%), under the model's own family's PCA (U: N-50, whose frames come from U's MD):")
     rep.table(["model"] + species, erows, digits=1)
 
