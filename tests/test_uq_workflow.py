@@ -24,7 +24,8 @@ def liquid_frames(n_frames, seed, n_atoms=14, box=6.0, squeeze=1.0):
         pos = []
         while len(pos) < len(sym):
             p = rng.uniform(0, box * squeeze, size=3)
-            if all(np.linalg.norm(p - q) > 0.9 * squeeze for q in pos):
+            if all(np.linalg.norm((d := p - q) - box * squeeze * np.round(d / (box * squeeze))) > 0.9 * squeeze
+                   for q in pos):  # minimum image: periodic neighbours count too
                 pos.append(p)
         frames.append(Atoms(sym, positions=pos, cell=[box * squeeze] * 3, pbc=True))
     return frames
