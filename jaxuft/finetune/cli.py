@@ -1,57 +1,80 @@
 """``jaxuft finetune`` and ``jaxuft evaluate`` (registered into ``jaxuft/cli.py``).
 
     jaxuft finetune --model M --train T.xyz [--valid V.xyz] [--replay R.xyz|generate]
-                    [--epochs N] [--freeze SPEC] [--trunk-cache] [--e0s model|lstsq|average|E0S.json]
-                    -o OUT_DIR [--resume]
+                    [--epochs N] [--freeze SPEC] [--trunk-cache] [--e0s model|lstsq|auto|average|E0S.json]
+                    [--preset safe|mace-torch] [--allow-worse] -o OUT_DIR [--resume]
     jaxuft evaluate --model M FRAMES.xyz [MORE.xyz ...] [--json OUT.json]
 
-Every hyperparameter flag defaults to :class:`~jaxuft.finetune.FinetuneConfig`'s
-value (mace-torch's defaults where it has one); ``--config FILE.json`` gives a
-base config (the ``hyperparameters`` block of a run's manifest.json works), and
-explicit flags override it.
+The hyperparameter flags are derived from :class:`~jaxuft.finetune.FinetuneConfig`'s
+fields (nested ``loss``/``optim`` fields by their own names, ``loss.kind`` as ``--loss``)
+and default to its values; ``--preset mace-torch`` gives the previous settings,
+``--config FILE`` (YAML/TOML/JSON; the ``hyperparameters`` block of a run's
+manifest.json works) a base config, and explicit flags override both.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-#: (flag, FinetuneConfig field (dotted for nested), type, help)
-_FLAGS = [
-    ("--epochs", "epochs", int, "number of epochs (default 100)"),
-    ("--batch-size", "batch_size", int, "structures per batch (default 10, mace-torch)"),
-    ("--seed", "seed", int, "seed of the split, shuffling and replay generation (default 123)"),
-    ("--valid-fraction", "valid_fraction", float, "fraction of --train held out when --valid is not given (default 0.1)"),
-    ("--dtype", "dtype", str, "float32 (default) or float64"),
-    ("--freeze", "freeze", str, "what trains: none | readouts | layers:K | linear-readouts | linear | train:REGEX | freeze:REGEX"),
-    ("--e0s", "e0s", str, "model (default) | lstsq | average | path to a JSON {element: eV}"),
-    ("--lr", "optim.lr", float, "learning rate (default 0.01)"),
-    ("--optimizer", "optim.optimizer", str, "adam (default) | amsgrad | adamw"),
-    ("--weight-decay", "optim.weight_decay", float, "weight decay (default 5e-7)"),
-    ("--scheduler", "optim.scheduler", str, "plateau (default) | constant | cosine | exponential"),
-    ("--lr-factor", "optim.lr_factor", float, "plateau decay factor (default 0.8)"),
-    ("--scheduler-patience", "optim.scheduler_patience", int, "plateau patience in epochs (default 50)"),
-    ("--warmup-epochs", "optim.warmup_epochs", float, "linear learning-rate warm-up (default 0)"),
-    ("--clip-grad", "optim.clip_grad", float, "global gradient-norm clip, <= 0 for none (default 10)"),
-    ("--ema-decay", "optim.ema_decay", float, "EMA decay of the params, 0 for none (default none)"),
-    ("--patience", "patience", int, "early stopping after this many epochs without a better validation loss"),
-    ("--keep", "keep", str, "best (default; lowest validation loss) or last"),
-    ("--loss", "loss.kind", str, "mse (default) or huber"),
-    ("--huber-delta", "loss.huber_delta", float, "Huber delta (default 0.01)"),
-    ("--energy-weight", "loss.energy_weight", float, "energy-per-atom weight (default 1)"),
-    ("--forces-weight", "loss.forces_weight", float, "forces weight (default 100)"),
-    ("--stress-weight", "loss.stress_weight", float, "stress weight (default 1)"),
-    ("--replay-weight", "replay_weight", float, "config weight of replay frames (default 1)"),
-    ("--replay-count", "replay_count", int, "generated replay structures (default 40)"),
-    ("--replay-holdout", "replay_holdout", float, "fraction of replay frames held out to measure forgetting (default 0.25)"),
-    ("--replay-labels", "replay_labels", str, "pseudo (default; label with the initial model) or file"),
-    ("--cache-chunk", "cache_chunk", int, "Jacobian columns per pass of the frozen-trunk cache (default 16)"),
-    ("--cache-batch-size", "cache_batch_size", int, "frames per Jacobian pass of the frozen-trunk cache (default 1)"),
-    ("--energy-key", "energy_key", str, "info key of the energy label (default: calculator results / 'energy')"),
-    ("--forces-key", "forces_key", str, "arrays key of the forces label"),
-    ("--stress-key", "stress_key", str, "info key of the stress label"),
-]
+#: flag names that differ from the field name (dotted for nested fields)
+_FLAG_NAMES = {"loss.kind": "--loss"}
+#: fields that get no flag of their own (-q sets progress; the positional/explicit options cover the rest)
+_NO_FLAG = {"progress", "loss", "optim"}
+
+
+def config_flags():
+    """``(flag, dotted field, FieldInfo)`` for every FinetuneConfig field, nested loss/optim fields included."""
+    from .config import FinetuneConfig, LossConfig, OptimConfig
+
+    for prefix, model in (("", FinetuneConfig), ("loss.", LossConfig), ("optim.", OptimConfig)):
+        for name, info in model.model_fields.items():
+            if name in _NO_FLAG:
+                continue
+            dotted = prefix + name
+            yield _FLAG_NAMES.get(dotted, "--" + name.replace("_", "-")), dotted, info
+
+
+def _parse_mapping(text: str) -> dict:
+    """``"readouts=2,trunk=0.1"`` -> ``{"readouts": 2.0, "trunk": 0.1}``."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, eq, val = part.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        try:
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key.strip()}: {val!r} is not a number") from None
+    return out
+
+
+def _add_field(p, flag: str, dotted: str, info) -> None:
+    import typing
+
+    ann = info.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) is typing.Union and len(args) == 1:
+        ann = args[0]  # Optional[X]
+    default = info.get_default(call_default_factory=True)
+    default_s = "none" if default is None else (default.get("name") if isinstance(default, dict) and "name" in default
+                                                 else default)
+    hlp = f"{info.description or dotted} (default {default_s if default_s != {} else 'none'})"
+    kw = dict(dest=dotted.replace(".", "__"), default=None, help=hlp)
+    if ann is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        return
+    if typing.get_origin(ann) is typing.Literal:
+        kw["choices"] = list(typing.get_args(ann))
+        ann = type(kw["choices"][0])
+    elif typing.get_origin(ann) is dict:
+        ann = _parse_mapping
+        kw["metavar"] = "GROUP=X,..."
+    elif ann not in (int, float, str):
+        ann = str
+    if "choices" not in kw:
+        kw.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
+    p.add_argument(flag, type=ann, **kw)
 
 
 def _add_finetune(sub) -> None:
@@ -66,15 +89,14 @@ def _add_finetune(sub) -> None:
     p.add_argument("--valid", nargs="+", default=None, help="validation frames (default: split off --train)")
     p.add_argument("--replay", default=None, help="replay structures file, or 'generate' (rattled bulk crystals)")
     p.add_argument("-o", "--output", required=True, help="output directory (checkpoint, metrics, model/, manifest)")
-    p.add_argument("--config", default=None, help="JSON file with a FinetuneConfig (flags override it)")
-    p.add_argument("--trunk-cache", action="store_true", default=None,
-                   help="frozen trunk: compute values and Jacobians once (needs an energy affine in what trains)")
-    p.add_argument("--no-amsgrad", action="store_true", help="plain Adam instead of AMSGrad")
+    p.add_argument("--config", default=None,
+                   help="YAML/TOML/JSON file with FinetuneConfig fields (a run's manifest.json works; flags override it)")
+    p.add_argument("--preset", default=None, help="start from a named preset: safe (the defaults) or mace-torch "
+                                                  "(the settings before the few-frame defaults)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    for flag, dest, typ, hlp in _FLAGS:
-        p.add_argument(flag, dest=dest.replace(".", "__"), type=typ, default=None, help=hlp,
-                       metavar=flag.lstrip("-").upper().replace("-", "_"))
+    for flag, dotted, info in config_flags():
+        _add_field(p, flag, dotted, info)
     p.set_defaults(func=_cmd_finetune)
 
 
@@ -98,36 +120,31 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
-    """A FinetuneConfig from ``--config`` and the explicit flags."""
-    from .trainer import FinetuneConfig
+    """A FinetuneConfig from ``--preset``, ``--config`` and the explicit flags (in that order)."""
+    from ..config import ConfigError, read_config_file
+    from .config import FinetuneConfig
 
-    base = FinetuneConfig()
+    base = FinetuneConfig.preset(args.preset) if args.preset else FinetuneConfig()
     if args.config:
-        with open(args.config) as f:
-            d = json.load(f)
+        d = read_config_file(args.config)
         d = d.get("hyperparameters", d)
-        base = FinetuneConfig.from_dict(d)
+        base = base.replace(**d)
     changes = {}
-    for _, dest, _, _ in _FLAGS:
-        v = getattr(args, dest.replace(".", "__"))
-        if v is None:
-            continue
-        if dest == "optim.clip_grad" and v <= 0:
-            v = None
-        if dest == "optim.ema_decay" and v <= 0:
-            v = None
-        if "." in dest:
-            group, name = dest.split(".")
-            changes[f"{group}_{name}"] = v
-        else:
-            changes[dest] = v
-    if args.trunk_cache:
-        changes["trunk_cache"] = True
-    if args.no_amsgrad:
-        changes["optim_amsgrad"] = False
+    for _, dotted, _ in config_flags():
+        v = getattr(args, dotted.replace(".", "__"))
+        if v is not None:
+            changes[dotted.replace(".", "_", 1) if "." in dotted else dotted] = v
     if args.quiet:
         changes["progress"] = False
-    return base.replace(**changes)
+    try:
+        return base.replace(**changes)
+    except ConfigError as exc:  # name the flags, not the python fields
+        msg = str(exc)
+        for flag, dotted, _ in config_flags():
+            if "." in dotted:
+                msg = msg.replace(f": {dotted}:", f": {flag}:")
+            msg = msg.replace(f"FinetuneConfig: {dotted}:", f"{flag}:")
+        raise ConfigError(msg) from None
 
 
 def _cmd_finetune(args) -> int:

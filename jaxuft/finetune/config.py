@@ -15,6 +15,7 @@ keeps mace-torch's values (AMSGrad lr 0.01, no warm-up, no EMA).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
@@ -28,14 +29,23 @@ SCHEDULERS = ("plateau", "constant", "cosine", "exponential")
 LR_GROUPS = ("readouts", "trunk", "e0")
 
 
+_depth = threading.local()
+
+
 class _Config(StrictModel):
     """StrictModel whose constructor raises ConfigError (one line per bad field)."""
 
     def __init__(self, **data):
+        # nested configs re-raise pydantic's error so that the outermost one names the full path
+        _depth.n = getattr(_depth, "n", 0) + 1
         try:
             super().__init__(**data)
         except ValidationError as exc:
+            if _depth.n > 1:
+                raise
             raise ConfigError(format_validation_error(exc, type(self).__name__)) from None
+        finally:
+            _depth.n -= 1
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -125,7 +135,8 @@ class FinetuneConfig(_Config):
     cache_chunk: int = Field(16, ge=1, description="Jacobian columns per pass of the frozen-trunk cache")
     cache_batch_size: int = Field(1, ge=1, description="frames per Jacobian pass of the frozen-trunk cache")
     e0s: Union[str, dict[str, float]] = Field(
-        "model", description="model | lstsq | average | path to a JSON {element: eV} (or a dict)")
+        "auto", description="per-element reference energies: model (keep) | lstsq (closed-form refit on the "
+                             "training frames) | auto (lstsq when possible, else model) | average | JSON file {element: eV}")
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     patience: Optional[int] = Field(None, ge=1, description="early stopping after this many epochs without a better "

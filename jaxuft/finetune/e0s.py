@@ -31,7 +31,7 @@ from ase.data import atomic_numbers as _Z, chemical_symbols
 from ..errors import JaxuftError
 from .params import ParamGroups, flatten
 
-E0_MODES = ("model", "lstsq", "average")
+E0_MODES = ("model", "lstsq", "average", "auto")
 
 
 class E0Error(JaxuftError, ValueError):

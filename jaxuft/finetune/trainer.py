@@ -273,6 +273,9 @@ class Trainer:
                 )
         self.split = ParamSplit.create(self.params_init, trainable_paths)
         self.trainable_init, self.frozen = self.split.split(self.params_init)
+        # the model as given (before any E0 refit): also a candidate unless allow_worse
+        self.given_trainable, self.given_frozen = self.split.split(pot.params)
+        self.e0_refitted = _tree_hash(pot.params) != _tree_hash(self.params_init)
         self.n_trainable = n_scalars(self.trainable_init)
 
         # -- replay
@@ -329,6 +332,17 @@ class Trainer:
         pot = self.foundation
         info = {"mode": None, "leaf": self.e0_path, "model": describe(model_e0s(pot, pot.params, self.e0_path))}
         self.params_init = pot.params
+        if isinstance(mode, str) and mode == "auto":
+            # lstsq where it can work (an E0 leaf and energy labels), else the model's own E0s
+            has_energy = any(s.has_energy for s in self.train_samples)
+            if self.e0_path is not None and has_energy:
+                info.update(self._apply_e0s("lstsq"))
+                info["mode"] = "auto: lstsq"
+                return info
+            why = "the model has no per-element energy offset leaf" if self.e0_path is None else "no energy labels"
+            info["mode"] = f"auto: model ({why})"
+            info["used"] = info["model"]
+            return info
         if isinstance(mode, str) and mode == "model":
             info["mode"] = "model"
             info["used"] = info["model"]
@@ -639,14 +653,12 @@ class Trainer:
 
     def _initial_metrics(self, state) -> None:
         """Epoch-0 records: the initial model on valid and replay hold-out."""
-        init = {}
-        tr = state["trainable"]
-        if self.valid_batches is not None:
-            init["valid"] = self._evaluate(tr, self.valid_batches)
-            state["history"].append(self._record(0, "valid", init["valid"], None, 0.0))
-        if self.hold_batches is not None:
-            init["replay_holdout"] = self._evaluate(tr, self.hold_batches)
-            state["history"].append(self._record(0, "replay_holdout", init["replay_holdout"], None, 0.0))
+        init = self._final_metrics(self.trainable_init, self.frozen)
+        for split in ("valid", "replay_holdout"):
+            if split in init:
+                state["history"].append(self._record(0, split, init[split], None, 0.0))
+        if self.e0_refitted and "valid" in init:  # the given model, before the E0 refit
+            init["valid_given_model"] = self._final_metrics(self.given_trainable, self.given_frozen)["valid"]
         state["initial"] = init
 
     @staticmethod
@@ -660,11 +672,10 @@ class Trainer:
         status = state["status"]
         if status == "running":  # stopped by stop_after: leave the checkpoint, write no model
             status = "interrupted"
-        selected, final_tr = self._select(state, stopper)
-        use_best = selected in ("best", "start")
-        params = self.split.merge(final_tr, self.frozen)
+        selected, final_tr, final_frozen = self._select(state, stopper)
+        params = self.split.merge(final_tr, final_frozen)
         potential = self.foundation.with_params(params)
-        manifest = self._manifest(state, stopper, status, selected, final_tr, resumed)
+        manifest = self._manifest(state, stopper, status, selected, final_tr, final_frozen, resumed)
         if status != "interrupted":
             self.log(manifest["outcome"])
         if self.out_dir is not None:
@@ -685,38 +696,51 @@ class Trainer:
             ckpt.write_json_atomic(self.out_dir / "manifest.json", manifest)
         return FinetuneResult(potential, potential.params, state["history"], manifest, self.out_dir, status)
 
-    def _select(self, state, stopper) -> tuple[str, dict]:
-        """Which params the run returns: ``"best"``/``"start"`` (lowest validation loss, the
-        starting model included unless ``allow_worse``) or ``"last"`` (EMA when on); with
-        ``keep="last"`` the starting model still wins when the last epoch is worse on validation."""
-        cfg = self.config
-        has_valid = self.valid_batches is not None
-        if cfg.keep == "best" and has_valid and stopper.best_epoch >= 0:
-            return ("start" if stopper.best_epoch == 0 else "best"), state["best"]
-        if has_valid and not cfg.allow_worse and state["epoch"] > 0 and "valid" in state["initial"]:
-            last = [r["loss"] for r in state["history"] if r["split"] == "valid" and r["epoch"] == state["epoch"]]
-            if last and not last[0] <= state["initial"]["valid"]["loss"]:
-                return "start", self.trainable_init
-        return "last", self._eval_params(state)
+    def _select(self, state, stopper) -> tuple[str, dict, dict]:
+        """Which params the run returns.
 
-    def _final_metrics(self, final_tr) -> dict:
+        ``"best"`` (lowest validation loss; ``"start"`` when that is epoch 0, the starting model
+        with its E0s) or ``"last"`` (EMA when on).  Unless ``allow_worse``, a result worse on
+        validation than the start becomes the start, and when the E0s were refitted the model as
+        given (``"given"``) wins too if it is better than everything else.
+        """
+        cfg = self.config
+        init = state["initial"]
+        if self.valid_batches is None:
+            return "last", self._eval_params(state), self.frozen
+        if cfg.keep == "best" and stopper.best_epoch >= 0:
+            choice, loss = ("start", init.get("valid", {}).get("loss")) if stopper.best_epoch == 0 else ("best", stopper.best)
+            tr = self.trainable_init if choice == "start" else state["best"]
+        else:
+            last = [r["loss"] for r in state["history"] if r["split"] == "valid" and r["epoch"] == state["epoch"]]
+            choice, tr, loss = "last", self._eval_params(state), (last[0] if last else None)
+            if not cfg.allow_worse and "valid" in init and state["epoch"] > 0 and not (
+                    loss is not None and loss <= init["valid"]["loss"]):
+                choice, tr, loss = "start", self.trainable_init, init["valid"]["loss"]
+        given = init.get("valid_given_model")
+        if not cfg.allow_worse and given is not None and (loss is None or given["loss"] < loss):
+            return "given", self.given_trainable, self.given_frozen
+        return choice, tr, self.frozen
+
+    def _final_metrics(self, final_tr, final_frozen) -> dict:
         """Errors of the final params with the full model (exact even when training used the cache)."""
         out = {}
         pot = self.foundation
         step = eval_step_fn(("full", pot.module, self.split), self.config.loss, self.n_species, pot)
         for name, batches in (("valid", self.valid_batches), ("replay_holdout", self.hold_batches)):
             if batches is not None:
-                out[name], _, _ = run_eval(step, final_tr, self.frozen, batches, pot.atomic_numbers)
+                out[name], _, _ = run_eval(step, final_tr, final_frozen, batches, pot.atomic_numbers)
         return out
 
-    def _manifest(self, state, stopper, status, selected, final_tr, resumed) -> dict:
+    def _manifest(self, state, stopper, status, selected, final_tr, final_frozen, resumed) -> dict:
         cfg = self.config
-        final = self._final_metrics(final_tr) if status != "interrupted" else {}
-        sel_epoch = {"start": 0, "best": stopper.best_epoch}.get(selected, state["epoch"])
-        if selected == "start":
-            outcome = (f"kept the starting model: no epoch of {state['epoch']} beat it on validation "
-                       f"(loss {state['initial']['valid']['loss']:.4g}); pass allow_worse=True (--allow-worse) "
-                       "to take a trained epoch anyway")
+        final = self._final_metrics(final_tr, final_frozen) if status != "interrupted" else {}
+        sel_epoch = {"start": 0, "given": 0, "best": stopper.best_epoch}.get(selected, state["epoch"])
+        if selected in ("start", "given"):
+            what = "with its E0s refitted " if selected == "start" and self.e0_refitted else ""
+            outcome = (f"kept the starting model {what}(validation loss {final['valid']['loss']:.4g}): no epoch of "
+                       f"{state['epoch']} beat it on validation; pass allow_worse=True (--allow-worse) to take a "
+                       "trained epoch anyway")
         else:
             outcome = f"selected epoch {sel_epoch} of {state['epoch']} ({selected})"
             if "valid" in state["initial"] and "valid" in final:
@@ -766,7 +790,7 @@ class Trainer:
             "best_loss": None if not math.isfinite(stopper.best) else stopper.best,
             "selected": selected if selected != "last" else ("ema" if cfg.optim.ema_decay else "last"),
             "selected_epoch": sel_epoch,
-            "kept_starting_model": selected == "start",
+            "kept_starting_model": selected in ("start", "given"),
             "outcome": outcome,
             "validation_note": self.valid_note,
             "metrics": {"initial": state["initial"], "last_epoch": last, "final_full_model": final},
