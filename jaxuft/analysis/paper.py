@@ -13,7 +13,7 @@ from . import plots
 from .bonds import bond_formation, cutoff_scan, nearest_partner
 from .density import density_series
 from .io import read_frames, read_thermo
-from .rdf import rdf
+from .rdf import rdf_pairs
 from .report import Report, fmt
 from .residuals import thermo_energy_residuals
 from .thermo import series_stats, thermo_time_ns
@@ -242,9 +242,10 @@ def rdf_section(rep: Report, c: _Cache, out: Path) -> dict:
     rep.heading("5. Radial distribution functions of the 9 ns runs")
     pairs = (("H", "Cl"), ("O", "H"), ("Cl", "O"))
     curves, summary, rows = {}, {}, []
+    by_run = {name: rdf_pairs(c.frames(rel), pairs, r_max=6.0, n_bins=120) for name, rel, _ in LONG_RUNS}
     for a, b in pairs:
         for name, rel, _ in LONG_RUNS:
-            g = rdf(c.frames(rel), a, b, r_max=6.0, n_bins=120)
+            g = by_run[name][f"{a}-{b}"]
             curves.setdefault(f"{a}–{b}", {})[f"{name} (9 ns)"] = g
             k = int(np.argmax(g["g"]))
             within = int(np.searchsorted(g["edges"][1:], HCL_CUTOFF, side="right")) - 1
