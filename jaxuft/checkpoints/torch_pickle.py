@@ -360,18 +360,19 @@ class PickledObject:
         ``MAX_MODULE_DEPTH`` or walks longer than ``MAX_MODULE_VISITS``."""
         self._require_module()
         walk = _Walk(self._pk_source) if _walk is None else _walk
-        walk.visit(_depth)
         memo = set() if memo is None else memo
-        if remove_duplicate:
-            if id(self) in memo:
-                return
-            memo.add(id(self))
-        yield prefix, self
-        for name, m in self._modules.items():
-            if m is None or not isinstance(m, PickledObject):
-                continue
-            sub = f"{prefix}.{name}" if prefix else name
-            yield from m.named_modules(memo, sub, remove_duplicate, _depth + 1, walk)
+        stack = [(prefix, self, _depth)]  # explicit pre-order stack: no generator chain per level
+        while stack:
+            pre, mod, depth = stack.pop()
+            walk.visit(depth)
+            if remove_duplicate:
+                if id(mod) in memo:
+                    continue
+                memo.add(id(mod))
+            yield pre, mod
+            children = [(f"{pre}.{name}" if pre else name, m, depth + 1)
+                        for name, m in mod._modules.items() if isinstance(m, PickledObject)]
+            stack.extend(reversed(children))
 
     def modules(self) -> Iterator[PickledObject]:
         for _, m in self.named_modules():
@@ -406,8 +407,8 @@ class PickledObject:
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
-    def state_dict(self, prefix: str = "", _depth: int = 0,
-                   _walk: "_Walk | None" = None) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, prefix: str = "", _depth: int = 0, _walk: "_Walk | None" = None,
+                   _out: "OrderedDict | None" = None) -> "OrderedDict[str, np.ndarray]":
         """Flattened parameters and persistent buffers, named exactly like
         ``torch.nn.Module.state_dict()`` (arrays are shared, not copied;
         ``get_extra_state`` and state-dict hooks are not reproduced).  A shared
@@ -416,7 +417,7 @@ class PickledObject:
         self._require_module()
         walk = _Walk(self._pk_source) if _walk is None else _walk
         walk.visit(_depth)
-        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        out: OrderedDict[str, np.ndarray] = OrderedDict() if _out is None else _out
         d = self.__dict__
         skip = d.get("_non_persistent_buffers_set") or ()
         for name, p in d["_parameters"].items():
@@ -427,7 +428,7 @@ class PickledObject:
                 out[prefix + name] = b
         for name, m in d["_modules"].items():
             if isinstance(m, PickledObject):
-                out.update(m.state_dict(prefix + name + ".", _depth + 1, walk))
+                m.state_dict(prefix + name + ".", _depth + 1, walk, out)
         return out
 
 

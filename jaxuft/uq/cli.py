@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -188,7 +187,9 @@ def cmd_score(args) -> int:
         "per_element": etab,
         "frames_flagged": int(np.sum(ftab["flag"])) if "flag" in ftab else None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from ..fileio import atomic_write_json
+
+    atomic_write_json(out / "summary.json", summary)  # strict JSON (NaN -> null), never half-written
     _say(args, format_element_table(etab, f"Q per element of {summary['n_frames']} frames:"))
     if "flag" in ftab:
         _say(args, f"frames with an atom above its element's limit: {summary['frames_flagged']} of {summary['n_frames']}")
