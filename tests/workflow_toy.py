@@ -98,18 +98,18 @@ def _main(argv):
         submit.compute_label = compute_label
     if "--kill-epoch" in argv:
         stage_name, epoch = _arg(argv, "--kill-epoch", 2)
-        import jaxuft.finetune as ft
+        from jaxuft.finetune.trainer import Trainer
 
-        original_ft = ft.finetune
+        original_run = Trainer.run
 
-        def finetune(*a, callbacks=(), out_dir=None, **k):
+        def run(self, resume=False, stop_after=None, callbacks=()):
             def cb(e, records, trainer):
-                if e == int(epoch) and str(out_dir).endswith(stage_name):
+                if e == int(epoch) and str(trainer.out_dir).endswith(stage_name):
                     _die(f"after epoch {e} of {stage_name}")
 
-            return original_ft(*a, callbacks=tuple(callbacks) + (cb,), out_dir=out_dir, **k)
+            return original_run(self, resume=resume, stop_after=stop_after, callbacks=tuple(callbacks) + (cb,))
 
-        ft.finetune = finetune
+        Trainer.run = run
     config = None if resume else json.loads(Path(cfg_path).read_text())
     run_workflow(config, run, resume=resume, report=True)
     return 0

@@ -219,15 +219,15 @@ class Context:
         """Fine-tune from ``start_model``'s params on the union of the label files ``train``."""
 
         def compute():
-            from ..finetune import finetune
+            from ..finetune import finetune_potential
 
             frames = [a for p in train for a in self.labelled(p)]
             if not frames:
                 raise RuntimeError(f"{name}: no labelled frames to fine-tune on")
             start = self.foundation.with_params(self.params(start_model))
             out = self.run.path / name
-            res = finetune(start, frames, config=self.cfg.finetune_config(), out_dir=out, resume=True,
-                           log=lambda m: log.info(f"{name}: {m}"))
+            res = finetune_potential(start, frames, self.cfg.finetune_config(), out_dir=out, resume=True,
+                                     log=lambda m: log.info(f"{name}: {m}"))
             if res.status not in ("finished", "early_stopped"):
                 raise RuntimeError(f"{name}: fine-tuning ended with status {res.status}")
             man = res.manifest
@@ -236,7 +236,7 @@ class Context:
             return {"model": f"{name}/model", "n_train_frames": len(frames), "start_model": start_model or "foundation",
                     "best_epoch": man.get("best_epoch"), "selected": man.get("selected"),
                     "e0s": man.get("e0s"), "final_metrics": final,
-                    "kept_start": bool(man.get("kept_starting_model", False))}
+                    "kept_start": bool(man.get("kept_starting_model", False)), "outcome": man.get("outcome")}
 
         return self.run.stage(name, compute)
 
