@@ -6,6 +6,12 @@ Public API::
     atoms.calc = jaxuft.Calculator(pot)
     jaxuft.convert("mace.model", "mace_jax")          # torch-free, safe
     pot.descriptors(atoms)                            # (n_atoms, n_features)
+
+The model seam (pure functions of ``(module, params, graph)``; see ``docs/seam.md``)::
+
+    e = jaxuft.energy(pot.module, pot.params, pot.graph(atoms))          # (n_graphs,) eV
+    out = jaxuft.energy_forces_stress(pot.module, pot.params, graph)     # energy, forces, stress, node_energy
+    X = jaxuft.node_descriptors(pot.module, pot.params, graph)           # (n_nodes, n_features)
 """
 
 # The host allocator is tuned by the ``jaxuft`` command and the benchmarks, not on import: a library
@@ -20,7 +26,7 @@ from .errors import (
     UnsafeCheckpointError,
 )
 from .graph import Graph
-from .potential import Potential
+from .potential import Potential, energy, energy_forces_stress, node_descriptors, node_outputs
 
 __version__ = "0.1.0"
 
@@ -34,6 +40,10 @@ __all__ = [
     "UnknownElementError",
     "UnsafeCheckpointError",
     "convert",
+    "energy",
+    "energy_forces_stress",
     "load",
+    "node_descriptors",
+    "node_outputs",
     "__version__",
 ]

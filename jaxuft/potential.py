@@ -1,16 +1,24 @@
-"""The Potential: an immutable model config plus a params pytree.
+"""The Potential: an immutable model config plus a params pytree, and the pure model seam.
 
 Every consumer (MD, fine-tuning, Q-residuals, the ASE calculator) receives
 ``params`` as a function argument, so new params flow into already-compiled
-code without recompilation.  The pure functions are:
+code without recompilation.  The public seam is ``(module, params, graph)``:
+``module`` is ``potential.module`` (a Flax module, hashable, one per architecture),
+``params`` a pytree, ``graph`` a padded :class:`~jaxuft.graph.Graph`:
 
-- :meth:`Potential.node_outputs` ``(params, graph) -> {"node_energy", "descriptors"}``
-- :meth:`Potential.energy` ``(params, graph) -> (n_graphs,)`` eV
-- :meth:`Potential.energy_forces_stress` ``(params, graph) -> dict`` with
+- :func:`node_outputs` ``(module, params, graph) -> {"node_energy", "descriptors"}``
+- :func:`node_descriptors` ``(module, params, graph) -> (n_nodes, n_features)`` invariant features
+- :func:`energy` ``(module, params, graph) -> (n_graphs,)`` eV
+- :func:`energy_forces_stress` ``(module, params, graph) -> dict`` with
   ``energy (n_graphs,)`` eV, ``forces (n_nodes, 3)`` eV/Å, ``stress (n_graphs, 3, 3)``
   eV/Å³ (ASE sign: ``(1/V) dE/dε``; zero for non-periodic graphs) and ``node_energy``.
 
-Host conveniences (:meth:`predict`, :meth:`descriptors`) take ASE ``Atoms``.
+All are pure and differentiable (``jax.jit``/``jax.grad`` w.r.t. ``params`` or
+``graph.positions``); padding nodes give zero forces and zero energy.  The
+:class:`Potential` methods of the same names bind ``module``.  The older names
+``energy_fn``, ``energy_forces_stress_fn`` and ``_node_outputs`` remain as aliases.
+
+Host conveniences (:meth:`Potential.predict`, :meth:`Potential.descriptors`) take ASE ``Atoms``.
 """
 
 from __future__ import annotations
@@ -52,7 +60,11 @@ def cast_params(params, dtype):
     return jax.tree_util.tree_map(cast, params)
 
 
-def _node_outputs(module, params, graph: Graph, positions=None, cell=None):
+def node_outputs(module, params, graph: Graph, positions=None, cell=None) -> dict:
+    """Per-node outputs ``{"node_energy": (n_nodes,), "descriptors": (n_nodes, n_features)}`` (pure).
+
+    ``positions``/``cell`` replace ``graph.positions``/``graph.cell`` (e.g. strained
+    copies); padding nodes carry unmasked values (mask with ``graph.node_mask``)."""
     vectors = edge_vectors(graph, positions, cell)
     return module.apply(
         {"params": params},
@@ -69,14 +81,18 @@ def _energy_and_aux(module, params, graph: Graph, positions, strain):
     sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))  # (G, 3, 3)
     pos = positions + jnp.einsum("ni,nij->nj", positions, sym[graph.node_graph])
     cell = graph.cell + jnp.einsum("gij,gjk->gik", graph.cell, sym)
-    out = _node_outputs(module, params, graph, pos, cell)
+    out = node_outputs(module, params, graph, pos, cell)
     node_energy = jnp.where(graph.node_mask, out["node_energy"], 0.0)
     energy = graph_sum(node_energy, graph)
     return jnp.sum(energy), (energy, node_energy)
 
 
-def energy_forces_stress_fn(module, params, graph: Graph) -> dict:
-    """Energy, forces and stress of every graph in ``graph`` (pure, differentiable)."""
+def energy_forces_stress(module, params, graph: Graph) -> dict:
+    """Energy, forces and stress of every graph in ``graph`` (pure, differentiable).
+
+    Returns ``energy (n_graphs,)`` eV, ``forces (n_nodes, 3)`` eV/Å (zero on padding),
+    ``stress (n_graphs, 3, 3)`` eV/Å³ (ASE sign; zero for non-periodic graphs) and
+    ``node_energy (n_nodes,)`` eV."""
     strain = jnp.zeros_like(graph.cell)
     grad_fn = jax.grad(functools.partial(_energy_and_aux, module), argnums=(2, 3), has_aux=True)
     (d_pos, d_strain), (energy, node_energy) = grad_fn(params, graph, graph.positions, strain)
@@ -91,9 +107,21 @@ def energy_forces_stress_fn(module, params, graph: Graph) -> dict:
     }
 
 
-def energy_fn(module, params, graph: Graph) -> jax.Array:
-    out = _node_outputs(module, params, graph)
+def energy(module, params, graph: Graph) -> jax.Array:
+    """Total energy of every graph ``(n_graphs,)`` eV (pure; ``jax.grad`` w.r.t. positions or params)."""
+    out = node_outputs(module, params, graph)
     return graph_sum(jnp.where(graph.node_mask, out["node_energy"], 0.0), graph)
+
+
+def node_descriptors(module, params, graph: Graph) -> jax.Array:
+    """Invariant per-node descriptors ``(n_nodes, n_features)`` (pure; what Q-residual monitors use)."""
+    return node_outputs(module, params, graph)["descriptors"]
+
+
+# older names, kept for existing callers
+_node_outputs = node_outputs
+energy_fn = energy
+energy_forces_stress_fn = energy_forces_stress
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,6 +166,10 @@ class Potential:
     # ---- pure functions (params first) --------------------------------------------
     def node_outputs(self, params, graph: Graph) -> dict:
         return _node_outputs(self.module, params, graph)
+
+    def node_descriptors(self, params, graph: Graph) -> jax.Array:
+        """Invariant per-node descriptors ``(n_nodes, n_features)`` (see :func:`node_descriptors`)."""
+        return node_descriptors(self.module, params, graph)
 
     def energy(self, params, graph: Graph) -> jax.Array:
         return energy_fn(self.module, params, graph)

@@ -70,10 +70,10 @@ def stop_on_flag(observables: dict, extra_args=None) -> jax.Array:
 
 @functools.lru_cache(maxsize=None)
 def _module_descriptor_fn(module) -> Callable:
-    from ..potential import _node_outputs
+    from ..potential import node_descriptors
 
     def fn(params, graph):
-        return _node_outputs(module, params, graph)["descriptors"]
+        return node_descriptors(module, params, graph)
 
     return fn
 
