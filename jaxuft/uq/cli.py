@@ -2,7 +2,11 @@
 
     jaxuft qres fit --descriptor soap [--r-cut 5 --n-max 8 --l-max 6 --sigma 0.375] TRAIN.xyz... -o pca.npz
     jaxuft qres fit --descriptor model --model sevennet-0 TRAIN.xyz... -o pca.npz
+    jaxuft qres fit --config qres.yaml TRAIN.xyz... -o pca.npz
     jaxuft qres score pca.npz FRAMES.xyz... -o OUT/
+
+The ``fit`` settings are the fields of :class:`~jaxuft.uq.config.QResConfig` (one flag
+each, derived from the model; ``jaxuft config schema qres`` prints them).
 
 ``register(subparsers)`` adds the ``qres`` command to the main parser; every leaf
 sets ``func`` (call ``args.func(args)``).  ``python -m jaxuft.uq.cli ...`` also works.
@@ -14,6 +18,8 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+
+from .config import add_config_arguments
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -29,18 +35,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a PCA (and per-element limits) on training structures")
     f.add_argument("train", nargs="+", metavar="TRAIN.xyz", help="training structures (any ASE-readable file)")
     f.add_argument("-o", "--output", required=True, metavar="PCA_FILE", help="where to write the fitted model (.npz)")
-    f.add_argument("--descriptor", choices=("soap", "model"), default="soap", help="per-atom descriptor (default: soap)")
-    f.add_argument("--model", default=None, help="model name or path for --descriptor model (default: sevennet-0)")
-    f.add_argument("--species", nargs="+", default=None, help="SOAP species (default: the elements of the training data)")
-    f.add_argument("--r-cut", type=float, default=5.0, help="SOAP cutoff in Å (default 5.0)")
-    f.add_argument("--n-max", type=int, default=8, help="SOAP radial basis size (default 8)")
-    f.add_argument("--l-max", type=int, default=6, help="SOAP maximum degree (default 6)")
-    f.add_argument("--sigma", type=float, default=0.375, help="SOAP Gaussian width in Å (default 0.375)")
-    f.add_argument("--no-periodic", action="store_true", help="ignore periodic images in SOAP")
-    f.add_argument("--n-components", type=_n_components, default=5, help="int, or a float in (0,1) variance target (default 5)")
-    f.add_argument("--scale", action="store_true", help="standardise features before PCA")
-    f.add_argument("--n-sigma", type=float, default=2.0, help="per-element limit = mean + n_sigma * std of training Q (default 2)")
-    f.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    f.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML/TOML/JSON file of the settings below (QResConfig fields); flags override it")
+    add_config_arguments(f)
     f.add_argument("--index", default=":", help="ASE index of frames to read from each file (default ':')")
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=cmd_fit)
@@ -55,15 +52,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
     return p
-
-
-def _n_components(text: str):
-    v = float(text)
-    if v.is_integer() and v >= 1:
-        return int(v)
-    if 0.0 < v < 1.0:
-        return v
-    raise argparse.ArgumentTypeError(f"expected a positive integer or a fraction in (0, 1), got {text}")
 
 
 def _read(paths, index):
@@ -113,26 +101,31 @@ def _say(args, *msg):
         print(*msg)
 
 
-def cmd_fit(args) -> int:
-    from .analysis import element_table, fit_qres, format_element_table
-    from .descriptors import ModelDescriptor, soap_descriptor, species_of
+def _settings(args):
+    from ..config import ConfigError
+    from .config import config_from_args
 
+    try:
+        return config_from_args(args)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def cmd_fit(args) -> int:
+    from .analysis import element_table, format_element_table
+
+    cfg = _settings(args)
     frames, sources = _read(args.train, args.index)
     _check_elements(None, frames, None)
-    if args.descriptor == "soap":
-        species = args.species or species_of(frames)
-        desc = soap_descriptor(species, args.r_cut, args.n_max, args.l_max, args.sigma, not args.no_periodic, args.dtype)
-    else:
-        desc = ModelDescriptor(args.model or "sevennet-0", dtype=args.dtype)
+    desc = cfg.descriptor_for(frames)
     _say(args, f"{len(frames)} training frames ({sum(len(a) for a in frames)} atoms) from {len(sources)} file(s); {desc!r}")
-    fit = fit_qres(desc, frames, args.n_components, scale=args.scale, n_sigma=args.n_sigma, dtype=args.dtype,
-                   progress=not args.quiet, sources=sources)
+    fit = cfg.fit(frames, progress=not args.quiet, sources=sources, descriptor=desc)
     path = fit.pca.save(args.output)
     ratios = " ".join(f"{r:.4f}" for r in fit.pca.explained_variance_ratio_)
     _say(args, f"PCA: {fit.pca.n_components_} components of {fit.pca.n_features_in_} features; explained variance ratio {ratios}")
     _say(args, f"limits (95%): Q (Jackson–Mudholkar) {fit.pca.q_limit(0.95):.5g}, T² {fit.pca.t2_limit(0.95):.5g}")
     table = element_table({"q": fit.q_train, "numbers": fit.numbers}, fit.limits)
-    _say(args, format_element_table(table, f"training Q per element (limit = mean + {args.n_sigma:g} std):"))
+    _say(args, format_element_table(table, f"training Q per element (limit = mean + {cfg.n_sigma:g} std):"))
     _say(args, f"wrote {path}")
     return 0
 

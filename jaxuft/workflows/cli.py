@@ -16,6 +16,9 @@ import sys
 CONFIG_KINDS = {
     "workflow": "jaxuft.workflows.config:WorkflowConfig",
     "oracle": "jaxuft.labelling:OracleConfig",
+    "qres": "jaxuft.uq.config:QResConfig",
+    "md": "jaxuft.md.config:MDConfig",
+    "finetune": "jaxuft.finetune.config:FinetuneConfig",
 }
 
 
