@@ -140,3 +140,40 @@ def test_rdf_against_numpy(paper_data):
     gas = [Atoms("Ar400", positions=rng.uniform(0, 20, size=(400, 3)), cell=[20] * 3, pbc=True) for _ in range(3)]
     g = rdf(gas, "Ar", "Ar", r_max=8.0, n_bins=8)["g"]
     assert np.all(np.abs(g[2:] - 1.0) < 0.1)
+
+
+def test_read_frames_from_a_jaxuft_trajectory_npz(tmp_path):
+    from jaxuft.md.trajectory import Trajectory
+
+    R, F, N = 2, 3, 4
+    rng = np.random.default_rng(0)
+    data = {"positions": rng.uniform(0, 5, (R, F, N, 3)), "cell": np.broadcast_to(np.eye(3) * 5.0, (R, F, 3, 3)).copy(),
+            "forces": rng.normal(size=(R, F, N, 3)), "energy": rng.normal(size=(R, F)),
+            "kinetic_energy": np.ones((R, F)), "temperature": np.full((R, F), 300.0), "stress": np.zeros((R, F, 3, 3)),
+            "pressure": np.zeros((R, F)), "step": np.tile(np.arange(F) * 100, (R, 1)), "status": np.zeros((R, F), int),
+            "time": np.tile(np.arange(F) * 50.0, (R, 1))}
+    traj = Trajectory(data=data, observables={}, valid=np.ones((R, F), bool), numbers=np.array([1, 1, 8, 17]),
+                      masses=np.array([1.008, 1.008, 16.0, 35.45]), pbc=np.array([True] * 3), timestep_fs=0.5)
+    path = traj.save_npz(tmp_path / "trajectory.npz")
+    frames = read_frames(path)
+    assert len(frames) == R * F and [a.info["step"] for a in frames[:F]] == [0, 100, 200]
+    np.testing.assert_allclose(frames[F + 1].positions, data["positions"][1, 1], atol=1e-5)  # stored as float32
+    assert len(read_frames(path, replica=1)) == F
+    # steps match thermo rows by the Step column
+    thermo = {"Step": np.arange(0, 1000, 100.0), "PotEng": np.zeros(10)}
+    np.testing.assert_array_equal(match_rows(frames[:F], thermo), [0, 1, 2])
+    d = density_series(frames[:F])
+    assert d["time_unit"] == "ps" and np.allclose(d["time"], [0.0, 0.05, 0.1])
+
+
+def test_nearest_partner_counts_a_proton_on_cl():
+    from jaxuft.analysis.bonds import nearest_partner
+
+    # H between O (at 0) and Cl (at 3.0 Å): nearer to Cl in the first frame, to O in the second
+    frames = [Atoms("OHCl", positions=[[0, 0, 0], [x, 0, 0], [3.0, 0, 0]], cell=[12] * 3, pbc=True) for x in (1.8, 1.0)]
+    res = nearest_partner(frames, "H", "Cl")
+    np.testing.assert_array_equal(res["n_atoms"], [1, 0])
+    assert res["n_frames_with"] == 1 and res["fraction"] == 0.5
+    b = bond_formation(frames, "H", "Cl", cutoff=1.6)
+    np.testing.assert_allclose(b["min_distance"], [1.2, 2.0])
+    np.testing.assert_array_equal(b["has_bond"], [True, False])
