@@ -7,17 +7,20 @@ Q-residuals and Hotelling's T² with confidence limits, live monitoring inside M
     q = pca.q_residual(X_new)                      # (n_atoms,)
     limits = element_limits(pca.q_residual(X), numbers)   # paper: mean + 2 std per element
 
-Modules: ``soap`` (SOAP), ``pca`` (PCA, CovarianceAccumulator, pure functions),
+Modules: ``soap`` (SOAP), ``pca`` (PCA, pure functions), ``covariance`` (CovarianceAccumulator,
+subspace iteration), ``config`` (QResConfig: the ``qres fit`` settings),
 ``limits`` (Jackson–Mudholkar, F, empirical), ``aggregate`` (per element / per frame),
 ``descriptors`` (ModelDescriptor, soap_descriptor), ``analysis`` (fit/score workflow),
 ``monitor`` (MD observables hook), ``plots``, ``cli`` (``jaxuft qres``).
 """
 
 from .aggregate import per_element, per_structure, per_structure_element
+from .config import QResConfig
 from .descriptors import ModelDescriptor, from_settings, soap_descriptor, species_of
 from .limits import ElementLimits, element_limits, q_limit, t2_limit
 from .monitor import QResidualMonitor, build_monitor, monitor_observables, stop_on_flag
-from .pca import PCA, CovarianceAccumulator, PCAState, q_residual_fn, t2_fn, transform_fn
+from .covariance import CovarianceAccumulator
+from .pca import PCA, PCAState, q_residual_fn, t2_fn, transform_fn
 from .soap import SOAP, graph_descriptor_fn, real_solid_harmonics, soap_from_edges, soap_from_neighbors
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "ElementLimits",
     "ModelDescriptor",
     "PCAState",
+    "QResConfig",
     "QResidualMonitor",
     "build_monitor",
     "element_limits",

@@ -4,7 +4,7 @@
 
 * ``method="svd"``: thin SVD of the centred (optionally scaled) matrix, as
   ``sklearn.decomposition.PCA(svd_solver="full")``;
-* ``method="covariance"``: streams ``X`` in chunks (an array, or any iterable of
+* ``method="covariance"``: streams ``X`` in chunks (:mod:`jaxuft.uq.covariance`) (an array, or any iterable of
   ``(n_i, n_features)`` chunks such as a generator of per-frame descriptors),
   accumulates the shifted sums and ``X^T X`` on device, and eigendecomposes the
   covariance: full ``eigh`` up to ``eigh_max`` features, otherwise the leading
@@ -28,7 +28,6 @@ Pure-JAX versions for compiled code: :func:`pca_state`, :func:`q_residual_fn`,
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -36,6 +35,8 @@ from typing import Iterable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .covariance import CovarianceAccumulator, leading_eigenpairs
 
 FORMAT = "jaxuft-pca"
 FORMAT_VERSION = 1
@@ -88,103 +89,14 @@ _q_jit = jax.jit(q_residual_fn)
 _t2_jit = jax.jit(t2_fn)
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def _accumulate(s, ss, shift, chunk):
-    d = chunk - shift
-    return s + jnp.sum(d, axis=0), ss + d.T @ d
+@jax.jit
+def _rescale(cov, scale):
+    return cov / jnp.outer(scale, scale)
 
 
 @jax.jit
-def _subspace_step(C, V):
-    """One block power step with Rayleigh–Ritz on orthonormal ``V (F, M)``: one product with ``C``.
-
-    Returns the Ritz vectors' next power iterate (orthonormalised), the Ritz values
-    (descending) and the residual norms ``|C v - lambda v|`` of the current Ritz pairs.
-    """
-    W = C @ V
-    H = V.T @ W
-    H = 0.5 * (H + H.T)
-    w, U = jnp.linalg.eigh(H)
-    w, U = w[::-1], U[:, ::-1]
-    ritz, cw = V @ U, W @ U
-    resid = jnp.linalg.norm(cw - ritz * w, axis=0)
-    V_next, _ = jnp.linalg.qr(cw)
-    return V_next, ritz, w, resid
-
-
-class CovarianceAccumulator:
-    """Streamed first and second moments of ``(n_i, n_features)`` chunks, on device.
-
-    Sums are taken about a shift (the first chunk's mean) so that the covariance
-    does not suffer cancellation when the mean is large compared with the spread.
-    ``merge`` combines accumulators of different data sets exactly.
-    """
-
-    def __init__(self, dtype: str = "float64"):
-        from ..potential import resolve_dtype
-
-        self.dtype = resolve_dtype(dtype)
-        self.n = 0
-        self.shift = None
-        self.sum = None
-        self.sumsq = None
-
-    @property
-    def n_features(self) -> int:
-        if self.shift is None:
-            raise ValueError("no samples accumulated")
-        return int(self.shift.shape[0])
-
-    def update(self, chunk) -> "CovarianceAccumulator":
-        c = jnp.asarray(chunk, dtype=self.dtype)
-        if c.ndim != 2:
-            raise ValueError(f"every chunk must be 2-D (n_i, n_features), got shape {c.shape}")
-        if c.shape[0] == 0:
-            return self
-        if self.shift is None:
-            f = c.shape[1]
-            self.shift = jnp.mean(c, axis=0)
-            self.sum = jnp.zeros((f,), self.dtype)
-            self.sumsq = jnp.zeros((f, f), self.dtype)
-        elif c.shape[1] != self.shift.shape[0]:
-            raise ValueError(f"chunks disagree on n_features: {c.shape[1]} vs {self.shift.shape[0]}")
-        self.sum, self.sumsq = _accumulate(self.sum, self.sumsq, self.shift, c)
-        self.n += int(c.shape[0])
-        return self
-
-    def merge(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
-        """A new accumulator holding the samples of both (about this one's shift)."""
-        if other.shift is None:
-            return self._copy()
-        if self.shift is None:
-            return other._copy()
-        if other.shift.shape != self.shift.shape:
-            raise ValueError("accumulators disagree on n_features")
-        out = self._copy()
-        delta = (other.shift - self.shift).astype(self.dtype)
-        s_b = other.sum.astype(self.dtype)
-        out.sum = self.sum + s_b + other.n * delta
-        out.sumsq = (
-            self.sumsq + other.sumsq.astype(self.dtype) + jnp.outer(s_b, delta) + jnp.outer(delta, s_b)
-            + other.n * jnp.outer(delta, delta)
-        )
-        out.n = self.n + other.n
-        return out
-
-    def _copy(self) -> "CovarianceAccumulator":
-        out = CovarianceAccumulator(self.dtype.name)
-        out.n, out.shift, out.sum, out.sumsq = self.n, self.shift, self.sum, self.sumsq
-        return out
-
-    def mean_and_covariance(self, dtype=None):
-        """``mean (F,)`` and the unbiased covariance ``(F, F)`` (``n - 1``), device arrays."""
-        if self.n < 2:
-            raise ValueError(f"need at least 2 samples, have {self.n}")
-        dt = self.dtype if dtype is None else np.dtype(dtype)
-        d = (self.sum / self.n).astype(dt)
-        mean = self.shift.astype(dt) + d
-        cov = (self.sumsq.astype(dt) - self.n * jnp.outer(d, d)) / (self.n - 1)
-        return mean, 0.5 * (cov + cov.T)
+def _frob2(cov):
+    return jnp.sum(cov * cov)
 
 
 def _flip_signs(components: np.ndarray) -> np.ndarray:
@@ -215,6 +127,8 @@ class PCA:
     eigh_max: largest feature count eigendecomposed in full on the covariance path.
     n_eig: eigenpairs computed by subspace iteration above ``eigh_max`` (default
         ``max(2 k + 16, 64)``).
+    progress: progress bars with rate and ETA for the streamed accumulation and the
+        subspace iteration (True, False, or None: only on a terminal; see :mod:`jaxuft.progress`).
     """
 
     def __init__(
@@ -231,6 +145,7 @@ class PCA:
         tol: float = 1e-10,
         max_iter: int = 500,
         seed: int = 0,
+        progress: bool | None = False,
     ):
         from ..potential import resolve_dtype
 
@@ -253,13 +168,14 @@ class PCA:
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self.seed = int(seed)
+        self.progress = progress
         self.metadata: dict = {}
 
     # ---- fitting --------------------------------------------------------------------
     def fit(self, X, y=None) -> "PCA":
         """Fit on ``X``: an ``(n_samples, n_features)`` array (or list of rows), or an iterable
         (list, generator) of 2-D chunks ``(n_i, n_features)``, which is streamed."""
-        method = self.method
+        method, n_rows = self.method, None
         if _is_array(X):
             X = np.asarray(X)
             if X.ndim != 2:
@@ -267,7 +183,7 @@ class PCA:
             if method == "auto":
                 method = "svd" if X.size <= self.svd_max_elements else "covariance"
             if method == "covariance":
-                arr, cs = X, self.chunk_size
+                arr, cs, n_rows = X, self.chunk_size, len(X)
                 X = (arr[i : i + cs] for i in range(0, len(arr), cs))
         elif method == "svd":
             X = np.concatenate([np.asarray(c) for c in X], axis=0)
@@ -276,7 +192,7 @@ class PCA:
         if method == "svd":
             self._fit_svd(X)
         else:
-            self._fit_covariance(X)
+            self._fit_covariance(X, n_rows)
         self.fit_method_ = method
         return self
 
@@ -319,27 +235,34 @@ class PCA:
             total_var=float(ev_all.sum()), resid_moments=None, exact=True,
         )
 
-    def _fit_covariance(self, chunks: Iterable) -> None:
+    def _fit_covariance(self, chunks: Iterable, n_rows: int | None = None) -> None:
+        from ..progress import progress
+
         acc = CovarianceAccumulator(self.dtype.name)
-        for chunk in chunks:
-            acc.update(chunk)
+        with progress(total=n_rows, desc="PCA covariance", unit="row", enabled=self.progress, leave=False) as bar:
+            for chunk in chunks:
+                acc.update(chunk)
+                bar.update(len(chunk))
         self._fit_moments(acc)
 
-    def fit_accumulator(self, acc: "CovarianceAccumulator") -> "PCA":
-        """Fit from already accumulated moments (e.g. merged from several data sets)."""
-        self._fit_moments(acc)
+    def fit_accumulator(self, acc: "CovarianceAccumulator", consume: bool = False) -> "PCA":
+        """Fit from already accumulated moments (e.g. merged from several data sets).
+
+        ``consume``: free the accumulator's ``F x F`` sum as soon as the covariance is formed
+        (less peak memory; the accumulator cannot be used afterwards)."""
+        self._fit_moments(acc, consume)
         self.fit_method_ = "covariance"
         return self
 
-    def _fit_moments(self, acc: "CovarianceAccumulator") -> None:
+    def _fit_moments(self, acc: "CovarianceAccumulator", consume: bool = True) -> None:
         n, f = acc.n, acc.n_features
         if n < 2:
             raise ValueError("PCA needs at least 2 samples")
-        mean, cov = acc.mean_and_covariance(self.dtype)
+        mean, cov = acc.mean_and_covariance(self.dtype, consume=consume)
         if self.scale:
             std = jnp.sqrt(jnp.clip(jnp.diag(cov), 0.0) * (n - 1) / n)
             scale = jnp.where(std > 0, std, 1.0)
-            cov = cov / jnp.outer(scale, scale)
+            cov = _rescale(cov, scale)
         else:
             scale = jnp.ones((f,), self.dtype)
         total_var = float(jnp.trace(cov))
@@ -365,32 +288,12 @@ class PCA:
             k_req = max(k_req, 32)
         m = self.n_eig or max(2 * k_req + 16, 64)
         m = min(m, n_max)
-        f = cov.shape[0]
-        V = jax.random.normal(jax.random.PRNGKey(self.seed), (f, m), dtype=self.dtype)
-        V, _ = jnp.linalg.qr(V)
         check = min(k_req, m)
-        # converged when the leading Ritz pairs' residuals |C v - lambda v| are below
-        # res_tol * lambda_1 (eigenvector error ~ residual / gap); stop early on stagnation
-        res_tol = max(self.tol, 100.0 * float(np.finfo(self.dtype).eps))
-        best, since_best = np.inf, 0
-        for it in range(self.max_iter):
-            V, ritz, w, res = _subspace_step(cov, V)
-            w_np = np.asarray(w, np.float64)
-            worst = float(np.max(np.asarray(res, np.float64)[:check])) / max(abs(w_np[0]), 1e-300)
-            if worst < res_tol:
-                break
-            if worst < 0.9 * best:
-                best, since_best = worst, 0
-            else:
-                since_best += 1
-                if since_best >= 20:
-                    break
-        self.n_iter_ = it + 1
-        self.eigen_residual_ = worst
+        w_np, ritz, self.n_iter_, self.eigen_residual_ = leading_eigenpairs(
+            cov, m, check, tol=self.tol, max_iter=self.max_iter, seed=self.seed, progress=self.progress)
         w = np.clip(w_np, 0.0, None)
         Vt = np.asarray(ritz, np.float64).T
-        flat = cov.reshape(-1)
-        frob2 = float(jnp.vdot(flat, flat))
+        frob2 = float(_frob2(cov))
         tail1 = max(total_var - w.sum(), 0.0)
         tail2 = max(frob2 - np.sum(w**2), 0.0)
         tail3 = tail2**2 / tail1 if tail1 > 0 else 0.0
