@@ -142,6 +142,9 @@ def convert_mace(model, head: str | None = None) -> tuple[dict, dict, dict]:
             "a_prefactor": _scalar(take("pair_repulsion_fn.a_prefactor")),
             "c": [float(c) for c in take("pair_repulsion_fn.c")],
         }
+        for legacy in ("pair_repulsion_fn.r_max", "pair_repulsion_fn.cutoff.p", "pair_repulsion_fn.cutoff.r_max"):
+            if legacy in take.state:  # mace <= 0.3.5 stored these; its ZBLBasis.forward never used them
+                take(legacy)
         radii = take("pair_repulsion_fn.covalent_radii")
         if "covalent_radii" in constants and not np.allclose(constants["covalent_radii"], radii):
             raise CheckpointError("the Agnesi and ZBL blocks carry different covalent radii")
