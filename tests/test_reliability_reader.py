@@ -150,3 +150,13 @@ def test_deep_module_nesting_error_names_the_file(tmp_path, monkeypatch):
     out = read_checkpoint(write_checkpoint(tmp_path / "deep.pt", m))
     with pytest.raises(CheckpointError, match=r"deep\.pt: torch modules nested deeper than 20"):
         out.state_dict()
+
+
+def test_old_torch_zip_layout_without_byteorder_record(tmp_path):
+    """Files saved by older torch (the MACE-MP-0 era): top folder ``archive/``, no ``byteorder`` record."""
+    st = Storage(np.arange(6, dtype=np.float64), "DoubleStorage")
+    p = write_checkpoint(tmp_path / "old.model", {"w": Tensor(st, 0, (2, 3), (3, 1))}, prefix="archive",
+                         drop=("byteorder",))
+    with zipfile.ZipFile(p) as zf:
+        assert "archive/byteorder" not in zf.namelist()
+    np.testing.assert_array_equal(read_checkpoint(p)["w"], np.arange(6.0).reshape(2, 3))
