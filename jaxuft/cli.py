@@ -205,8 +205,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"jaxuft {args.command}: interrupted (Ctrl-C); files already completed were kept, "
-              "none is left half-written", file=sys.stderr)
+        print(f"jaxuft {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except (CLIError, JaxuftError, FileNotFoundError, FileExistsError) as exc:
         print(f"jaxuft {args.command}: error: {flag_wording(str(exc))}", file=sys.stderr)
