@@ -9,11 +9,14 @@
     finetune(..., out_dir="ft", resume=True)   # continue an interrupted run exactly
     print(format_report(evaluate(result.potential, "test.xyz")))
 
-Modules: ``data`` (frames, checks, padded batches), ``loss`` (weighted
-MSE/Huber), ``optim`` (optax, schedules, EMA, early stopping), ``params``
-(what trains), ``e0s``, ``trunk`` (frozen-trunk cache), ``replay``
-(forgetting), ``checkpoint``, ``history`` (CSV/JSON/plot), ``evaluation``,
-``trainer`` (the loop), ``cli`` (``jaxuft finetune`` / ``jaxuft evaluate``).
+    res = finetune_potential(pot, atoms_list)   # the workflows' call: same module and dtype back
+
+Modules: ``config`` (pydantic settings and presets), ``data`` (frames, checks, padded
+batches), ``loss`` (weighted MSE/Huber), ``optim`` (optax, schedules, EMA, early
+stopping), ``params`` (what trains, parameter groups), ``e0s``, ``trunk`` (frozen-trunk
+cache), ``replay`` (forgetting), ``checkpoint``, ``history`` (CSV/JSON/plot),
+``evaluation``, ``setup`` / ``step`` / ``loop`` / ``outputs`` (the trainer's parts),
+``trainer`` (``Trainer``, ``finetune``), ``api`` (``finetune_potential``), ``cli``.
 """
 
 import importlib
@@ -36,6 +39,7 @@ _EXPORTS = {
     "FinetuneError": "trainer",
     "FinetuneResult": "trainer",
     "Trainer": "trainer",
+    "TrainState": "loop",
     "finetune": "trainer",
     "finetune_potential": "api",
     "save_potential": "trainer",
@@ -62,6 +66,7 @@ __all__ = [
     "OptimConfig",
     "PRESETS",
     "Trainer",
+    "TrainState",
     "TrunkCacheError",
     "evaluate",
     "finetune",

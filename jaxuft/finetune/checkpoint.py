@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from ..errors import JaxuftError
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, json_clean  # noqa: F401
 from .params import path_to_str
 
 FORMAT = "jaxuft-finetune-checkpoint"
@@ -65,25 +65,7 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta, allow_nan=True)}
     blob = st_save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=header)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_bytes(path, blob)
     return path
 
 
@@ -102,46 +84,10 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, json.loads(header["meta"])
 
 
-def json_clean(obj):
-    """A copy of ``obj`` with non-finite floats as None (strict JSON) and numpy scalars as Python."""
-    if isinstance(obj, dict):
-        return {k: json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Strict JSON (NaN/inf written as null), replaced atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(json_clean(obj), f, indent=2, default=_json_default, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Strict JSON (NaN/inf written as null), replaced atomically (:func:`jaxuft.fileio.atomic_write_json`)."""
+    return atomic_write_json(path, obj)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return atomic_write_text(path, text)

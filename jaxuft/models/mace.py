@@ -438,3 +438,20 @@ def build(config: dict, constants: dict | None = None) -> MACE:
         radial_act=config.get("radial_activation", "silu"),
         constants=Constants(constants),
     )
+
+
+def param_groups(config: dict, params: dict) -> dict:
+    """MACE's parameter groups (freezing, per-group learning rates; see :mod:`jaxuft.finetune.params`).
+
+    Leaves are flat names: ``node_embedding``, ``interactions_{i}.*`` / ``products_{i}.*`` (layer i),
+    ``readouts_{i}.*``, and the buffers ``atomic_energies`` (E0s), ``scale``, ``shift``.
+    """
+    names = list(params)
+    n_layers = len(config["layers"])
+    return {
+        "embedding": [k for k in names if k == "node_embedding"],
+        "layers": [sorted(k for k in names if k.startswith((f"interactions_{i}.", f"products_{i}."))) for i in range(n_layers)],
+        "readouts": sorted(k for k in names if k.startswith("readouts_")),
+        "e0": "atomic_energies",
+        "buffers": [k for k in ("atomic_energies", "scale", "shift") if k in names],
+    }

@@ -579,3 +579,20 @@ def build(config: dict) -> NequIP:
         denominators=tuple(float(d) for d in config.get("denominators", ())),
         readout_hidden=int(config.get("readout_hidden", 0)),
     )
+
+
+def param_groups(config: dict, params: dict) -> dict:
+    """SevenNet/NequIP parameter groups (freezing, per-group learning rates; see :mod:`jaxuft.finetune.params`).
+
+    Top-level leaves: ``embedding`` and ``radial_frequencies`` (trunk), ``layer_{i}_*`` (layer i),
+    ``readout_hidden`` / ``readout_out``, and the per-element buffers ``scale`` and ``shift`` (the E0s).
+    """
+    names = list(params)
+    idx = sorted({int(k.split("_")[1]) for k in names if k.startswith("layer_") and k.split("_")[1].isdigit()})
+    return {
+        "embedding": [k for k in names if k in ("embedding", "radial_frequencies")],
+        "layers": [sorted(k for k in names if k.startswith(f"layer_{i}_")) for i in idx],
+        "readouts": sorted(k for k in names if k.startswith("readout_")),
+        "e0": "shift",
+        "buffers": [k for k in ("scale", "shift") if k in names],
+    }

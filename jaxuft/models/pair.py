@@ -69,3 +69,8 @@ def builtin_morse(numbers) -> tuple[dict, dict]:
     r = np.array([covalent_radii[k] for k in z])
     params["r0"] = r[:, None] + r[None, :]
     return morse_config(z, 5.0), params
+
+
+def param_groups(config: dict, params: dict) -> dict:
+    """Morse pair model: ``D``, ``a``, ``r0`` (the pair terms; no layers or readouts) and ``e0`` (the E0s)."""
+    return {"readouts": [], "layers": [], "e0": "e0", "buffers": ["e0"]}
