@@ -10,6 +10,7 @@ Used by ``jaxuft qres`` and ``examples/paper_qresidual.py``::
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -21,18 +22,22 @@ from .limits import ElementLimits
 from .pca import PCA, CovarianceAccumulator
 
 
-def _progress(it, total, desc, enabled):
-    if not enabled:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, total=total, desc=desc, unit="frame", leave=False)
+def _progress(it, total, desc, enabled, unit="frame", weight=None):
+    """Yield from ``it`` with a jaxuft.progress bar (rate, ETA); ``weight(item)`` counts units per item."""
+    from ..progress import progress
+
+    if enabled is False:
+        yield from it
+        return
+    with progress(total=total, desc=desc, unit=unit, enabled=enabled, leave=False) as bar:
+        for item in it:
+            yield item
+            bar.update(weight(item) if weight else 1)
 
 
-def descriptors_per_frame(descriptor, frames: Sequence[Atoms], progress: bool = False, label: str = "descriptors") -> list[np.ndarray]:
-    """One host array ``(n_atoms_k, n_features)`` per frame."""
+def descriptors_per_frame(descriptor, frames: Sequence[Atoms], progress: bool | None = False,
+                          label: str = "descriptors") -> list[np.ndarray]:
+    """One host array ``(n_atoms_k, n_features)`` per frame (``progress``: a bar; None: only on a terminal)."""
     frames = list(frames)
     it = descriptor.compute_iter(frames)
     return [np.asarray(x, dtype=np.float64) for x in _progress(it, len(frames), label, progress)]
@@ -59,6 +64,10 @@ def accumulate(arrays: Iterable[np.ndarray], dtype: str = "float64", chunk_rows:
     return acc
 
 
+#: rows per device step when streaming descriptors into the covariance (bounds the transient chunk copies)
+_STREAM_ROWS = 1024
+
+
 def fit_pca(
     arrays: Sequence[np.ndarray] | CovarianceAccumulator,
     n_components=5,
@@ -75,13 +84,14 @@ def fit_pca(
     size = sum(a.size for a in arrays)
     if size <= svd_max_elements:
         return pca.fit(np.concatenate(arrays))
-    return pca.fit_accumulator(accumulate(arrays, dtype, pca.chunk_size))
+    return pca.fit_accumulator(accumulate(arrays, dtype, pca.chunk_size), consume=True)
 
 
-def _score_chunks(pca: PCA, arrays: Iterable[np.ndarray]):
+def _score_chunks(pca: PCA, arrays: Iterable[np.ndarray], progress: bool | None = False, total: int | None = None):
     """Q, T² and scores of stacked per-frame arrays, without stacking them all at once."""
     qs, ts, ss = [], [], []
-    for c in _rechunk(arrays, pca.chunk_size):
+    chunks = _rechunk(arrays, pca.chunk_size)
+    for c in _progress(chunks, total, "Q and T²", progress, unit="atom", weight=len):
         q, t = pca.q_and_t2(c)
         qs.append(q)
         ts.append(t)
@@ -103,10 +113,12 @@ class QResFit:
     scores: np.ndarray
 
 
-def finish_fit(pca: PCA, arrays: Sequence[np.ndarray], frames: Sequence[Atoms], descriptor, n_sigma: float = 2.0,
-               sources: Sequence[str] = ()) -> QResFit:
-    """Training Q and T², per-element limits, and the metadata a saved PCA needs to score new frames."""
-    q, t2, scores = _score_chunks(pca, arrays)
+def finish_fit(pca: PCA, arrays: Iterable[np.ndarray], frames: Sequence[Atoms], descriptor, n_sigma: float = 2.0,
+               sources: Sequence[str] = (), progress: bool | None = False) -> QResFit:
+    """Training Q and T², per-element limits, and the metadata a saved PCA needs to score new frames.
+
+    ``arrays``: the per-frame descriptors (a list, or an iterable such as a fresh stream)."""
+    q, t2, scores = _score_chunks(pca, arrays, progress, sum(len(a) for a in frames))
     numbers = np.concatenate([a.get_atomic_numbers() for a in frames])
     sizes = np.asarray([len(a) for a in frames])
     limits = ElementLimits.from_values(q, numbers, n_sigma)
@@ -124,12 +136,47 @@ def finish_fit(pca: PCA, arrays: Sequence[np.ndarray], frames: Sequence[Atoms], 
 
 
 def fit_qres(descriptor, frames: Sequence[Atoms], n_components=5, scale: bool = False, n_sigma: float = 2.0,
-             dtype: str = "float64", progress: bool = False, sources: Sequence[str] = (), **kwargs) -> QResFit:
-    """Descriptors of ``frames`` -> PCA -> training Q, T², per-element ``mean + n_sigma std`` limits."""
+             dtype: str = "float64", progress: bool | None = False, sources: Sequence[str] = (),
+             keep_bytes: int = 1 << 30, svd_max_elements: int = 20_000_000, **kwargs) -> QResFit:
+    """Descriptors of ``frames`` -> PCA -> training Q, T², per-element ``mean + n_sigma std`` limits.
+
+    Small problems (at most ``svd_max_elements`` descriptor entries) are fitted by exact SVD
+    of the stacked matrix.  Larger ones are streamed: frames -> descriptors -> covariance
+    accumulator, so the stacked matrix is never formed; the per-frame descriptors are kept
+    for the training Q when they take at most ``keep_bytes`` (float64), else computed again.
+    ``progress``: bars with rate and ETA (True, False, or None: only on a terminal).
+    """
     frames = list(frames)
-    arrays = descriptors_per_frame(descriptor, frames, progress)
-    pca = fit_pca(arrays, n_components, scale=scale, dtype=dtype, **kwargs)
-    return finish_fit(pca, arrays, frames, descriptor, n_sigma, sources)
+    n_rows = sum(len(a) for a in frames)
+    stream = (np.asarray(x, dtype=np.float64) for x in descriptor.compute_iter(frames))
+    stream = _progress(stream, len(frames), "descriptors", progress)
+    first = next(stream, None)
+    if first is None or n_rows < 2:
+        raise ValueError("PCA needs at least 2 atoms in the training frames")
+    n_features = first.shape[1]
+    if n_rows * n_features <= svd_max_elements:
+        arrays = [first, *stream]
+        pca = fit_pca(arrays, n_components, scale=scale, dtype=dtype, svd_max_elements=svd_max_elements,
+                      progress=progress, **kwargs)
+        return finish_fit(pca, arrays, frames, descriptor, n_sigma, sources, progress)
+    keep = n_rows * n_features * 8 <= keep_bytes
+    kept: list[np.ndarray] = []
+    pca = PCA(n_components, scale=scale, dtype=dtype, svd_max_elements=svd_max_elements, progress=progress, **kwargs)
+
+    def tee():
+        for a in itertools.chain([first], stream):
+            if keep:
+                kept.append(a)
+            yield a
+
+    acc = accumulate(tee(), dtype, chunk_rows=min(pca.chunk_size, _STREAM_ROWS))
+    pca.fit_accumulator(acc, consume=True)
+    del acc
+    if keep:
+        arrays: Iterable[np.ndarray] = kept
+    else:  # a second pass costs descriptor time, but never holds the whole matrix
+        arrays = (np.asarray(x, dtype=np.float64) for x in descriptor.compute_iter(frames))
+    return finish_fit(pca, arrays, frames, descriptor, n_sigma, sources, progress)
 
 
 def score_arrays(pca: PCA, arrays: Iterable[np.ndarray], frames: Sequence[Atoms]) -> dict:
@@ -148,8 +195,9 @@ def score_arrays(pca: PCA, arrays: Iterable[np.ndarray], frames: Sequence[Atoms]
     }
 
 
-def score_frames(pca: PCA, descriptor, frames: Sequence[Atoms], progress: bool = False) -> dict:
-    """Descriptors of ``frames`` scored under ``pca`` (see :func:`score_arrays`), streamed frame by frame."""
+def score_frames(pca: PCA, descriptor, frames: Sequence[Atoms], progress: bool | None = False) -> dict:
+    """Descriptors of ``frames`` scored under ``pca`` (see :func:`score_arrays`), streamed frame by frame
+    (``progress``: a bar with rate and ETA; None: only on a terminal)."""
     frames = list(frames)
     stream = (np.asarray(x, dtype=np.float64) for x in descriptor.compute_iter(frames))
     return score_arrays(pca, _progress(stream, len(frames), "scoring", progress), frames)
@@ -179,6 +227,58 @@ def frame_table(result: dict, limits: ElementLimits | None = None) -> dict:
         out["max_ratio"] = per_structure(ratio, sizes, "max")
         out["flag"] = out["max_ratio"] > 1.0
     return out
+
+
+def file_table(result: dict, frames_per_file: Sequence[int], names: Sequence[str], limits: ElementLimits | None = None,
+               q_limit: float | None = None) -> list[dict]:
+    """Per input file: frames, atoms, mean/max Q, fractions over the limits, frames flagged, and its element table.
+
+    ``frames_per_file``: how many of ``result``'s frames came from each file, in order."""
+    sizes = np.asarray(result["frame_sizes"])
+    if sum(frames_per_file) != len(sizes) or len(names) != len(frames_per_file):
+        raise ValueError(f"{sum(frames_per_file)} frames in {len(names)} file(s) for a result of {len(sizes)} frames")
+    ftab = frame_table(result, limits)
+    rows, f0, a0 = [], 0, 0
+    for name, nf in zip(names, frames_per_file):
+        na = int(sizes[f0 : f0 + nf].sum())
+        part = {k: np.asarray(result[k])[a0 : a0 + na] for k in ("q", "t2", "numbers")}
+        part["frame_sizes"] = sizes[f0 : f0 + nf]
+        row = {"file": str(name), "n_frames": int(nf), "n_atoms": na,
+               "mean_q": float(np.mean(part["q"])) if na else float("nan"),
+               "max_q": float(np.max(part["q"])) if na else float("nan")}
+        if q_limit is not None:
+            row["fraction_atoms_over_q_limit_jm95"] = float(np.mean(part["q"] > q_limit)) if na else float("nan")
+        if "flag" in ftab:
+            lim = np.asarray([limits.limit.get(_symbol(z), np.inf) for z in part["numbers"]])
+            row["fraction_atoms_over_element_limit"] = float(np.mean(part["q"] > lim)) if na else float("nan")
+            row["frames_flagged"] = int(np.sum(ftab["flag"][f0 : f0 + nf]))
+        row["per_element"] = element_table(part, limits) if na else {}
+        rows.append(row)
+        f0, a0 = f0 + nf, a0 + na
+    return rows
+
+
+def format_file_table(rows: list[dict], title: str = "") -> str:
+    """A fixed-width text table of :func:`file_table`'s rows (file names shortened from the left)."""
+    flagged = any("frames_flagged" in r for r in rows)
+    width = min(max([4] + [len(r["file"]) for r in rows]), 40)
+    head = f"{'file':<{width}} {'frames':>7} {'atoms':>8} {'mean Q':>12} {'max Q':>12}"
+    if flagged:
+        head += f" {'>limit':>7} {'flagged':>8}"
+    lines = ([title] if title else []) + [head]
+    for r in rows:
+        name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3):]
+        line = f"{name:<{width}} {r['n_frames']:>7d} {r['n_atoms']:>8d} {r['mean_q']:>12.5g} {r['max_q']:>12.5g}"
+        if flagged:
+            line += f" {100 * r['fraction_atoms_over_element_limit']:>6.1f}% {r['frames_flagged']:>8d}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _symbol(z) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[int(z)]
 
 
 def _z(symbol: str) -> int:

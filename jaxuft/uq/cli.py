@@ -57,7 +57,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def _read(paths, index):
     import ase.io
 
-    frames, sources = [], []
+    frames, sources, counts = [], [], []
     for p in paths:
         if not Path(p).exists():
             raise SystemExit(f"error: {p} does not exist")
@@ -68,9 +68,15 @@ def _read(paths, index):
         got = [got] if not isinstance(got, list) else got
         frames.extend(got)
         sources.append(str(p))
+        counts.append(len(got))
     if not frames:
         raise SystemExit("error: no structures read")
-    return frames, sources
+    return frames, sources, counts
+
+
+def _progress(args):
+    """The ``progress`` argument for the workflow: None (a bar on a terminal) unless --quiet."""
+    return False if getattr(args, "quiet", False) else None
 
 
 def _check_elements(desc, frames, pca_file) -> None:
@@ -115,11 +121,11 @@ def cmd_fit(args) -> int:
     from .analysis import element_table, format_element_table
 
     cfg = _settings(args)
-    frames, sources = _read(args.train, args.index)
+    frames, sources, _ = _read(args.train, args.index)
     _check_elements(None, frames, None)
     desc = cfg.descriptor_for(frames)
     _say(args, f"{len(frames)} training frames ({sum(len(a) for a in frames)} atoms) from {len(sources)} file(s); {desc!r}")
-    fit = cfg.fit(frames, progress=not args.quiet, sources=sources, descriptor=desc)
+    fit = cfg.fit(frames, progress=_progress(args), sources=sources, descriptor=desc)
     path = fit.pca.save(args.output)
     ratios = " ".join(f"{r:.4f}" for r in fit.pca.explained_variance_ratio_)
     _say(args, f"PCA: {fit.pca.n_components_} components of {fit.pca.n_features_in_} features; explained variance ratio {ratios}")
@@ -135,7 +141,8 @@ def cmd_score(args) -> int:
 
     from . import plots
     from .aggregate import per_structure_element
-    from .analysis import element_table, format_element_table, frame_table, score_frames
+    from ..fileio import atomic_write_json
+    from .analysis import element_table, file_table, format_element_table, format_file_table, frame_table, score_frames
     from .descriptors import from_settings
     from .limits import ElementLimits
     from .pca import PCA
@@ -146,14 +153,16 @@ def cmd_score(args) -> int:
         raise SystemExit(f"error: {args.pca_file} has no descriptor settings; fit it with `jaxuft qres fit`")
     desc = from_settings(meta["descriptor"], potential=args.model)
     limits = ElementLimits.from_dict(meta["element_limits"]) if "element_limits" in meta else None
-    frames, sources = _read(args.frames, args.index)
+    frames, sources, counts = _read(args.frames, args.index)
     _check_elements(desc, frames, args.pca_file)
-    res = score_frames(pca, desc, frames, progress=not args.quiet)
+    res = score_frames(pca, desc, frames, progress=_progress(args))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     etab = element_table(res, limits)
     ftab = frame_table(res, limits)
+    files = file_table(res, counts, sources, limits, pca.q_limit(0.95))
+    file_of_frame = np.repeat(np.arange(len(sources)), counts)
     with open(out / "per_element.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         cols = ["count", "mean", "std", "median", "max"] + (["limit", "fraction_over"] if limits else [])
@@ -163,11 +172,20 @@ def cmd_score(args) -> int:
     with open(out / "per_frame.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         keys = list(ftab)
-        w.writerow(["frame"] + keys)
+        w.writerow(["frame"] + keys + ["file", "frame_in_file"])
+        first = np.cumsum([0] + list(counts))
         for k in range(len(res["frame_sizes"])):
-            w.writerow([k] + [ftab[c][k] if c != "flag" else int(ftab[c][k]) for c in keys])
+            f = int(file_of_frame[k])
+            w.writerow([k] + [ftab[c][k] if c != "flag" else int(ftab[c][k]) for c in keys]
+                       + [sources[f], k - int(first[f])])
+    file_cols = [c for c in files[0] if c != "per_element"]
+    with open(out / "per_file.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(file_cols)
+        for r in files:
+            w.writerow([r[c] for c in file_cols])
     np.savez(out / "scores.npz", q=res["q"], t2=res["t2"], scores=res["scores"], numbers=res["numbers"],
-             frame_sizes=res["frame_sizes"])
+             frame_sizes=res["frame_sizes"], frames_per_file=np.asarray(counts))
     summary = {
         "pca_file": str(args.pca_file),
         "frames": sources,
@@ -179,13 +197,14 @@ def cmd_score(args) -> int:
         "fraction_atoms_over_t2_limit_95": float(np.mean(res["t2"] > pca.t2_limit(0.95))),
         "per_element": etab,
         "frames_flagged": int(np.sum(ftab["flag"])) if "flag" in ftab else None,
+        "per_file": files,
     }
-    from ..fileio import atomic_write_json
-
     atomic_write_json(out / "summary.json", summary)  # strict JSON (NaN -> null), never half-written
     _say(args, format_element_table(etab, f"Q per element of {summary['n_frames']} frames:"))
     if "flag" in ftab:
         _say(args, f"frames with an atom above its element's limit: {summary['frames_flagged']} of {summary['n_frames']}")
+    if len(files) > 1:
+        _say(args, format_file_table(files, f"per file ({len(files)} files; summary.json has each file's element table):"))
 
     if not args.no_plots:
         extra = getattr(pca, "extra_arrays", {})
@@ -203,7 +222,7 @@ def cmd_score(args) -> int:
             dists["training"] = (extra["train_q"], extra["train_numbers"])
         dists["scored"] = (res["q"], res["numbers"])
         plots.q_distributions(dists, out / "q_distributions.png", limits=limits)
-    _say(args, f"wrote {out}/ (per_element.csv, per_frame.csv, scores.npz, summary.json{', plots' if not args.no_plots else ''})")
+    _say(args, f"wrote {out}/ (per_element.csv, per_frame.csv, per_file.csv, scores.npz, summary.json{', plots' if not args.no_plots else ''})")
     return 0
 
 

@@ -156,8 +156,8 @@ def leading_eigenpairs(cov, m: int, check: int, *, tol: float = 1e-10, max_iter:
             V, ritz, w, res = _subspace_step(cov, V)
             w_np = np.asarray(w, np.float64)
             worst = float(np.max(np.asarray(res, np.float64)[:check])) / max(abs(w_np[0]), 1e-300)
-            bar.update(1)
             bar.set_postfix_str(f"residual {worst:.1e} (target {res_tol:.0e})", refresh=False)
+            bar.update(1)
             if worst < res_tol:
                 break
             if worst < 0.9 * best:
