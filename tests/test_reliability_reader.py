@@ -160,3 +160,18 @@ def test_old_torch_zip_layout_without_byteorder_record(tmp_path):
     with zipfile.ZipFile(p) as zf:
         assert "archive/byteorder" not in zf.namelist()
     np.testing.assert_array_equal(read_checkpoint(p)["w"], np.arange(6.0).reshape(2, 3))
+
+
+def test_bytes_copied_inside_the_pickle_count_against_the_memory_cap(tmp_path):
+    # one memoised 1 MB string encoded to bytes 10 000 times would be 10 GB
+    s = b"a" * (1 << 20)
+    pkl = (b"\x80\x02c_codecs\nencode\nq\x000" + b"X" + len(s).to_bytes(4, "little") + s + b"q\x010" + b"]("
+           + b"h\x00h\x01X\x06\x00\x00\x00latin1\x86R" * 10_000 + b"e.")
+    p = write_checkpoint(tmp_path / "enc.pt", [], extra={"data.pkl": pkl})
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"enc\.pt: reading bytes encoded inside data.pkl exceeds the limit"):
+        read_checkpoint(p)
+    assert time.perf_counter() - t0 < 10
+    small = (b"\x80\x02c_codecs\nencode\nq\x000X\x03\x00\x00\x00abcq\x010](" + b"h\x00h\x01X\x06\x00\x00\x00latin1\x86R" * 3
+             + b"e.")
+    assert read_checkpoint(write_checkpoint(tmp_path / "ok.pt", [], extra={"data.pkl": small})) == [b"abc"] * 3

@@ -125,10 +125,11 @@ class _LoadContext:
     messages) and the budget on objects built (so a few KB of pickle that
     re-uses memoised containers cannot make billions of objects)."""
 
-    __slots__ = ("path", "max_objects", "objects")
+    __slots__ = ("path", "max_objects", "objects", "reader")
 
-    def __init__(self, path: str, max_objects: int):
+    def __init__(self, path: str, max_objects: int, reader=None):
         self.path, self.max_objects, self.objects = path, max_objects, 0
+        self.reader = reader  # its memory cap also counts bytes copied inside the pickle
 
     def charge(self, n: int) -> None:
         self.objects += n
@@ -143,6 +144,14 @@ def _charge(n: int) -> None:
     ctx = _LOADING.get()
     if ctx is not None:
         ctx.charge(n)
+
+
+def _account_bytes(nbytes: int, what: str) -> None:
+    """Bytes copied while unpickling (numpy arrays, bytes objects) count against the memory cap:
+    one memoised blob built into many arrays must not multiply."""
+    ctx = _LOADING.get()
+    if ctx is not None and ctx.reader is not None:
+        ctx.reader.account(nbytes, what)
 
 
 def _weight(x) -> int:
@@ -625,6 +634,7 @@ class _UnpickledNdarray(np.ndarray):
             raise CheckpointError(f"malformed numpy array shape {shape!r} in checkpoint")
         if not isinstance(raw, (bytes, bytearray)) or len(raw) != math.prod(shape) * dt.itemsize:
             raise CheckpointError("numpy array in checkpoint: data does not match shape/dtype")
+        _account_bytes(len(raw), f"a numpy array of shape {shape} inside data.pkl")
         np.ndarray.__setstate__(self, (shape, dt, bool(fortran), bytes(raw)))
 
 
@@ -649,6 +659,7 @@ def _np_scalar(dtype, data=None):
 def _codecs_encode(obj, encoding="utf-8"):  # protocol-2 bytes: encode(str, 'latin1')
     if not isinstance(obj, str) or encoding.replace("-", "").lower() not in ("latin1", "utf8"):
         raise CheckpointError("unsupported _codecs.encode call in checkpoint")
+    _account_bytes(len(obj), "bytes encoded inside data.pkl")
     return obj.encode(encoding)
 
 
@@ -658,6 +669,7 @@ def _bytes_like(kind):
             data = _codecs_encode(data, encoding)
         if not isinstance(data, (bytes, bytearray, list, tuple)):
             raise CheckpointError(f"unsupported {kind.__name__}() call in checkpoint")
+        _account_bytes(len(data), f"{kind.__name__} built inside data.pkl")
         return kind(data)
     return make
 
@@ -980,7 +992,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def load(self):
         token = _ON_SETSTATE.set(self._setstate_seen)
         ctx = _LOADING.get()  # a TorchScript blob inside a file shares the file's budget
-        ctx_token = _LOADING.set(_LoadContext(self.reader.path, self.max_objects)
+        ctx_token = _LOADING.set(_LoadContext(self.reader.path, self.max_objects, self.reader)
                                  if ctx is None else ctx)
         try:
             obj = super().load()
