@@ -194,3 +194,20 @@ def test_restart_checks_and_flag_errors(start, tmp_path):
     args = _parse(["md", *base, "-o", str(tmp_path / "w")])
     with pytest.raises(MDInputError, match="--structure is required"):
         args.func(args)
+
+
+def test_resume_before_the_first_chunk_starts_over(start, tmp_path):
+    """Killed before any chunk finished: the directory holds empty outputs and no state; --resume starts
+    the run from the structure (and --resume without a structure says what is missing)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "replica_000.extxyz").write_bytes(b"")
+    (out / "replica_001.extxyz").write_bytes(b"partial")
+    args = _parse(["md", "--model", "morse", "--resume", "-q", "-o", str(out)])
+    with pytest.raises(MDInputError, match="--structure is required"):
+        args.func(args)
+    args = _parse(["md", "--model", "morse", "--structure", str(start), "--steps", "40", "--record-every", "20",
+                   "--resume", "-q", "-o", str(out)])
+    assert args.func(args) == 0
+    assert not (out / "replica_001.extxyz").exists()  # one replica now: the stale file was removed
+    assert json.loads((out / "summary.json").read_text())["frames_per_replica"] == [2]
