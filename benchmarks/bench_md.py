@@ -1,6 +1,7 @@
 """MD throughput: atom-steps/s for R = 1, 4, 16, 64 replicas, and mace-torch + ASE Langevin on the same weights.
 
     python benchmarks/bench_md.py --quick                       # Morse toy, R = 1, 4 (a minute)
+    python benchmarks/bench_md.py --quick --ticks-ab            # cost of the in-scan progress ticks
     python benchmarks/bench_md.py --model sevennet-0 --model PATH_TO_CONVERTED_MACE
     python benchmarks/bench_md.py --torch-model .cache/reference/models/mp0b-small-s0-float32-*.model
 
@@ -112,6 +113,36 @@ def measure(pot, atoms, replicas: int, steps: int, dtype: str) -> dict:
     }
 
 
+def ticks_overhead(pot, atoms, replicas: int, steps: int, reps: int = 5) -> dict:
+    """ms/step of the compiled run segment with the in-scan progress ticks (what ``Simulation.run``
+    compiles) and without them (the program before the ticks existed), timed interleaved so the
+    machine's load hits both alike."""
+    import jax
+
+    from jaxuft import md
+    from jaxuft.md.segment import executable
+    from jaxuft.md.ticker import NEVER
+
+    safety = md.Safety(max_temperature=1e9, min_distance=0.0)
+    sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety)
+    state = sim.init(atoms, replicas=replicas, seed=0)
+    params, extra, limits, cond = sim._params(None), jax.device_put({}), sim.limits(), sim.conditions()
+    ticking = {**limits, "tick_every": np.asarray(NEVER, np.int32), "tick_token": np.asarray(0, np.int32)}
+    runs = {}
+    for ticks, lim in ((False, limits), (True, ticking)):
+        args = (params, sim.system, state, cond, lim, extra)
+        fn, _ = executable(sim.program(1, steps, sim.spec, ticks=ticks), args)
+        jax.block_until_ready(fn(*args))
+        runs[ticks] = (fn, args)
+    times = {False: [], True: []}
+    for _ in range(reps):
+        for ticks, (fn, args) in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[ticks].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v)) / steps for k, v in times.items()}
+
+
 def torch_reference(model_path: str, atoms, steps: int, dtype: str, threads: int, tuned_malloc: bool = False) -> dict | None:
     """mace-torch + ASE Langevin in the mace venv.  ``tuned_malloc``: run it with the same glibc
     allocator settings that the jaxuft CLI and benchmarks apply (jaxuft/host_memory.py), as environment
@@ -153,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--ticks-ab", action="store_true",
+                    help="only compare the run program with and without the progress ticks (interleaved)")
     args = ap.parse_args(argv)
 
     if args.quick:
@@ -168,6 +201,30 @@ def main(argv=None) -> int:
     import jax
 
     rows, notes = [], []
+    if args.ticks_ab:
+        for model in models:
+            pot = load_model(model, args.dtype, list(sys_atoms.values()))
+            label = Path(model).name if os.sep in model else model
+            for sname, atoms in sys_atoms.items():
+                for r in sorted(args.replicas):
+                    t = ticks_overhead(pot, atoms, r, args.steps)
+                    rows.append([label, sname, len(atoms), r, args.steps, round(t[False], 3), round(t[True], 3),
+                                 round(t[True] / t[False], 3)])
+                    print(f"[bench_md] {label} {sname} R={r}: {t[False]:.3f} ms/step without ticks, "
+                          f"{t[True]:.3f} with ({t[True] / t[False]:.3f}x)", flush=True)
+        load = os.getloadavg()
+        note = (f"Compiled run segment with vs without the in-scan progress ticks (bar hidden: the tick branch is "
+                f"never taken), medians of 5 interleaved timings; Langevin 0.5 fs, {args.dtype}; "
+                f"{len(jax.devices())} x {jax.default_backend()}; load average {load[0]:.1f} / {load[1]:.1f}.")
+        header = ["model", "system", "atoms", "replicas", "steps", "ms/step without ticks", "ms/step with ticks",
+                  "ratio"]
+        if not args.no_append and rows:
+            from benchmarks.results import append
+
+            append("MD progress-tick overhead (bench_md.py --ticks-ab)", header, rows, note)
+        else:
+            print(note)
+        return 0
     for model in models:
         pot = load_model(model, args.dtype, list(sys_atoms.values()))
         label = Path(model).name if os.sep in model else model
