@@ -363,8 +363,14 @@ def sweep_main(argv) -> int:
     if args.record:
         from benchmarks.results import append
 
-        what = (f"{args.frames} FT5 frames (evenly spaced)" if argv[0] == "sweep"
-                else f"the first of each evenly spaced subset of {args.sets}")
+        from jaxuft.finetune import FinetuneConfig
+
+        d = FinetuneConfig()
+        defaults = (f"the defaults (lr {d.optim.lr}, warm-up {d.optim.warmup_epochs} epoch, EMA {d.optim.ema_decay}, "
+                    f"clip {d.optim.clip_grad}, e0s {d.e0s!r})")
+        what = (f"{args.frames} evenly spaced FT5 frames; candidates are changes to the mace-torch preset "
+                f"(lr 0.01, no warm-up, no EMA, model E0s), 'new defaults' is {defaults}" if argv[0] == "sweep"
+                else f"N evenly spaced frames of each of {args.sets} at {defaults}")
         append(
             "Fine-tuning settings sweep (SevenNet-0, few frames)" if argv[0] == "sweep"
             else "Fine-tuning learning curve (SevenNet-0, new defaults)",

@@ -100,6 +100,23 @@ def choose_e0s(arg: str, pot, e0_file: Path, frames) -> tuple:
     return str(e0_file), f"the model's offsets ({leaf}) are close to e0s.json ({diff:+.2f} eV/atom)"
 
 
+def epoch_log(epochs: int, name: str, lines: int = 10):
+    """Print about ``lines`` epoch summaries per run (and every other message), not one per epoch."""
+    every = max(1, epochs // lines)
+
+    def log(msg: str) -> None:
+        if msg.startswith("epoch "):
+            try:
+                k = int(msg.split()[1].rstrip(":"))
+            except ValueError:
+                k = 0
+            if k % every and k != epochs:
+                return
+        print(f"[{name}] {msg}", flush=True)
+
+    return log
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="sevennet-0", help="anything jaxuft.load accepts (default sevennet-0)")
@@ -177,7 +194,7 @@ def main(argv=None) -> int:
             shutil.rmtree(out)
         t0 = time.perf_counter()
         res = finetune(foundation, frames, replay="generate" if args.replay else None, config=cfg, out_dir=out,
-                       resume=True, log=None if not args.quiet else (lambda m: None))
+                       resume=True, log=(lambda m: None) if args.quiet else epoch_log(epochs, name))
         print(f"{name}: fine-tuned in {time.perf_counter() - t0:.0f} s ({res.status}, best epoch "
               f"{res.manifest['best_epoch']}, {res.manifest['model']['n_trainable']} trainable)", flush=True)
         models[name] = res.potential
@@ -222,7 +239,8 @@ def main(argv=None) -> int:
             header,
             rows,
             notes=(f"examples/paper_finetune.py: freeze={freeze!r}, trunk_cache={frozen}, epochs {epochs}, "
-                   f"batch {args.batch_size}, lr {lr}, AMSGrad/plateau (mace-torch defaults), loss weights E 1 / F 100 / S 1, "
+                   f"batch {args.batch_size}, lr {lr}, AMSGrad/plateau, warm-up {cfg.optim.warmup_epochs} epoch(s), EMA "
+                   f"{cfg.optim.ema_decay}, loss weights E 1 / F 100 / S 1, starting model a candidate, "
                    f"valid = 10 % of each training set (seed {args.seed}), best-validation params kept; E0s {e0s!r} "
                    f"({e0_reason}); {'all frames' if not args.max_frames else f'first {args.max_frames} frames of each set'}. "
                    f"Cache time per training set (s): {t_cache}; total {total:.0f} s."),

@@ -100,13 +100,21 @@ def test_finetune_potential_same_module_dtype_and_no_recompilation(cu):
     assert cc.count == 0, cc.names
 
 
-def test_e0s_lstsq_refits_the_energy_zero(cu):
+def test_e0s_lstsq_refits_the_energy_zero(cu, tmp_path):
     """An oracle whose energy zero is 5 eV/atom away: the closed-form E0 refit absorbs it."""
-    _, test = cu
+    import json
+
+    import jaxuft
+
     train = cu_cells(4, 2, shift=5.0)
     shifted_test = cu_cells(4, 3, shift=5.0)
     pot = morse()
-    res = finetune_potential(pot, train, FinetuneConfig(epochs=1, batch_size=2, progress=False, e0s="lstsq"))
+    res = finetune_potential(pot, train, FinetuneConfig(epochs=1, batch_size=2, progress=False, e0s="lstsq"),
+                             out_dir=tmp_path / "run")
+    # the manifest on disk reports the refitted E0s; jaxuft.load(RUN_DIR) gives the selected model
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["e0s"]["used"] == res.manifest["e0s"]["used"]
+    loaded = jaxuft.load(tmp_path / "run", dtype="float64")
+    np.testing.assert_array_equal(np.asarray(loaded.params["e0"]), np.asarray(res.params["e0"]))
     e0 = res.manifest["e0s"]
     assert e0["mode"] == "lstsq" and set(e0["used"]) == {"Cu"}
     # one composition: the refit moves E0(Cu) by the mean per-atom residual of the training frames

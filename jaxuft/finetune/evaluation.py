@@ -77,12 +77,14 @@ class EvalReport:
         return {"name": self.name, "overall": self.overall, "per_element": self.per_element, "frames": self.frames}
 
 
-def run_eval(step, trainable, frozen, batches: FixedBatches, atomic_numbers: Sequence[int]):
-    """Accumulate error sums over fixed batches; per-frame energies (eV/atom) too."""
+def run_eval(step, trainable, frozen, batches: FixedBatches, atomic_numbers: Sequence[int], bar=None):
+    """Accumulate error sums over fixed batches; per-frame energies (eV/atom) too (``bar.update`` per frame)."""
     acc = ErrorAccumulator()
     per_frame = []
     for idx, batch in batches:
         sums, pred = step(trainable, frozen, batch)
+        if bar is not None:
+            bar.update(len(idx))
         acc.add(sums)
         e = np.asarray(pred["energy"], dtype=np.float64)
         for j, i in enumerate(idx):
@@ -112,11 +114,15 @@ def evaluate(
     forces_key: str | None = None,
     stress_key: str | None = None,
     name: str = "",
+    progress: bool | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` (a Potential, or anything :func:`jaxuft.load` takes) on labelled frames.
 
     ``frames``: path(s), ``Atoms`` or :class:`Frame` s; ``params`` overrides the model's.
+    ``progress``: a bar with rate and ETA (None: when stderr is a terminal or ``JAXUFT_PROGRESS=1``).
     """
+    from ..progress import progress as _progress
+
     from ..potential import Potential
 
     pot = model if isinstance(model, Potential) else _load(model, dtype)
@@ -133,7 +139,9 @@ def evaluate(
     split = ParamSplit.create(params, ())
     step = eval_step_fn(("full", pot.module, split), LossConfig(), len(pot.atomic_numbers), pot)
     _, frozen = split.split(params)
-    overall, per_el, per_frame = run_eval(step, {}, frozen, batches, pot.atomic_numbers)
+    with _progress(total=len(samples), desc=f"evaluate {name}".strip(), unit="frame",
+                   enabled=None if progress is None or progress else False, leave=False) as bar:
+        overall, per_el, per_frame = run_eval(step, {}, frozen, batches, pot.atomic_numbers, bar=bar)
     return EvalReport(overall=overall, per_element=per_el, frames=per_frame, name=name)
 
 

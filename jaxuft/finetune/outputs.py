@@ -29,11 +29,21 @@ class FinetuneResult:
     history: list
     manifest: dict
     out_dir: Path | None
-    status: str  # "finished" | "early_stopped" | "interrupted"
+    status: str  # "finished" | "early_stopped" | "diverged" | "interrupted"
 
     @property
     def metrics(self) -> dict:
         return self.manifest.get("metrics", {})
+
+    @property
+    def kept_starting_model(self) -> bool:
+        """True when no trained epoch beat the starting model on validation (it was returned)."""
+        return bool(self.manifest.get("kept_starting_model"))
+
+    @property
+    def e0s(self) -> dict | None:
+        """The per-element reference energies the result uses, ``{symbol: eV}``."""
+        return (self.manifest.get("e0s") or {}).get("used")
 
 
 
@@ -184,7 +194,8 @@ class TrainerOutputs:
                 "replay": {"source": self.sources["replay"], **(self.replay_info or {})} if self.replay_info else None,
                 "compiled_shapes": [list(s) for s in self.plan.shapes],
             },
-            "e0s": self.e0_info,
+            "e0s": {**self.e0_info, "used": self.e0_info["model"], "note": "the given model (its own E0s) was kept"}
+            if selected == "given" else self.e0_info,
             "hyperparameters": cfg.to_dict(),
             "seed": cfg.seed,
             "epochs_run": state.epoch,

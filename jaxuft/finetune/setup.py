@@ -83,13 +83,18 @@ class TrainerSetup:
         self.sources = {"model": _source_desc(model) if not _is_potential(model) else "<Potential>",
                         "train": _source_desc(train), "valid": _source_desc(valid), "replay": _source_desc(replay)}
 
-        # -- model
+        # -- model (a set-up bar with rate and ETA over the stages; their times go to the manifest)
+        self._setup_bar = _bar(6, "set-up", cfg.progress, unit="stage")
+        self._stage_t = time.perf_counter()
+        self.timings["setup_stages_s"] = {}
+        self._stage("model")
         self.foundation = self._load_model(model, cfg.dtype)
         pot = self.foundation
         self.n_species = len(pot.atomic_numbers)
         self.dtype = pot.dtype
 
         # -- data
+        self._stage("data: read frames, neighbour lists")
         keys = dict(energy_key=cfg.energy_key, forces_key=cfg.forces_key, stress_key=cfg.stress_key)
         require = tuple(k for k, w in (("energy", cfg.loss.energy_weight), ("forces", cfg.loss.forces_weight)) if w > 0)
         train_frames = read_frames(train, require=require, name="training data", **keys)
@@ -130,6 +135,7 @@ class TrainerSetup:
         self._probe = collate(self.train_samples[: cfg.batch_size], self.plan.capacity(), self.dtype)
 
         # -- E0s and initial params
+        self._stage(f"E0s ({cfg.e0s if isinstance(cfg.e0s, str) else 'given'})")
         self.groups = param_groups(pot.config, pot.params)
         self.e0_path = find_e0_leaf(pot, pot.params, self._probe.graph, self.groups)
         self.e0_info = self._apply_e0s(cfg.e0s)
@@ -156,6 +162,7 @@ class TrainerSetup:
         self.n_trainable = n_scalars(self.trainable_init)
 
         # -- replay
+        self._stage("replay" if replay is not None and replay is not False else "no replay")
         self.replay_train_samples, self.replay_hold_samples = [], []
         self.replay_info = None
         if replay is not None and replay is not False:
@@ -168,6 +175,7 @@ class TrainerSetup:
         self.tags = np.array([0] * len(self.train_samples) + [1] * len(self.replay_train_samples))
 
         # -- predictions: full model or frozen-trunk cache
+        self._stage("frozen-trunk cache" if cfg.trunk_cache else "full model")
         self.cache_report = None
         if cfg.trunk_cache:
             tc0 = time.perf_counter()
@@ -180,6 +188,7 @@ class TrainerSetup:
             self.aux = self.frozen
 
         # -- optimiser and compiled steps
+        self._stage("optimiser and batches")
         self.optimizer = make_optimizer(cfg.optim)
         self._train_step = train_step_fn(self.mode, cfg.loss, cfg.optim, self.n_species)
         scales = lr_scales(self.split.trainable_paths, self.groups, cfg.optim.group_lr)
@@ -190,9 +199,23 @@ class TrainerSetup:
             FixedBatches(self.replay_hold_samples, self.plan, self.dtype) if self.replay_hold_samples else None
         )
         self.steps_per_epoch = len(epoch_batches(self.fit_samples, self.plan, jax.random.PRNGKey(0)))
+        self._stage(None)
         self.timings["setup_s"] = time.perf_counter() - t0
 
     # ---- setup pieces ------------------------------------------------------------------
+    def _stage(self, name: str | None) -> None:
+        """Close the running set-up stage (its time to ``timings``) and start ``name`` (None: done)."""
+        now = time.perf_counter()
+        prev = getattr(self, "_stage_name", None)
+        if prev is not None:
+            self.timings["setup_stages_s"][prev] = now - self._stage_t
+            self._setup_bar.update(1)
+        self._stage_name, self._stage_t = name, now
+        if name is None:
+            self._setup_bar.close()
+        else:
+            self._setup_bar.set_postfix_str(name)
+
     @staticmethod
     def _load_model(model, dtype):
         if _is_potential(model):
@@ -342,9 +365,10 @@ def _default_log(progress: bool):
 
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def _bar(total: int, desc: str, enabled: bool, unit: str = "batch"):
+    """A progress bar with rate and ETA (``jaxuft.progress``); off when ``enabled`` is False."""
+    from ..progress import progress
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr, dynamic_ncols=True)
+    return progress(total=total, desc=desc, unit=unit, enabled=None if enabled else False, leave=False)
 
 
