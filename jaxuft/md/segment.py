@@ -260,6 +260,11 @@ def _signature(args) -> tuple:
     return treedef, sig
 
 
+def cached_executable(program: Program, args) -> Callable | None:
+    """The already compiled segment for ``program`` and these arguments, or None."""
+    return _EXECUTABLES.get((program, _signature(args)))
+
+
 def executable(program: Program, args) -> tuple[Callable, float]:
     """The compiled segment for ``program`` and these argument shapes/shardings, compiled ahead of
     time on first use (shared across Simulations).  Returns ``(executable, seconds spent compiling)``

@@ -43,8 +43,8 @@ from .compilation import CompilationCounter
 from .ensembles import Ensemble
 from .errors import CapacityError, MDInputError
 from .segment import (
-    AXIS, REPLICA_EDGE_BUDGET, Diagnostics, Program, System, _largest_divisor_at_most, executable, initial_state,
-    segment_fn,
+    AXIS, REPLICA_EDGE_BUDGET, Diagnostics, Program, System, _largest_divisor_at_most, cached_executable, executable,
+    initial_state, segment_fn,
 )
 from .state import RUNNING, STATUS_KEYS, STATUS_NAMES, MDState, structure_fingerprint
 from .ticker import ChunkProgress
@@ -495,8 +495,13 @@ class Simulation:
                 while True:
                     spec = self.spec
                     args = (params, self.system, state, cond, {**limits, **bar.limits()}, extra)
-                    fn, seconds = executable(self.program(chunk, record_every, spec, ticks=True), args)
-                    compiling += seconds
+                    program = self.program(chunk, record_every, spec, ticks=True)
+                    fn = cached_executable(program, args)
+                    if fn is None:
+                        bar.compiling(True)
+                        fn, seconds = executable(program, args)
+                        bar.compiling(False)
+                        compiling += seconds
                     new_state, frames, obs, diag = fn(*args)
                     if self.overflowed(diag, spec):
                         state = self._regrow(state, diag)

@@ -34,6 +34,16 @@ class ChunkProgress:
         if self.enabled:
             segment._LISTENERS[self.token] = self._on_tick
 
+    def compiling(self, busy: bool) -> None:
+        """Say "compiling" on the bar while a new program compiles; the wait does not count in the rate."""
+        if not self.enabled:
+            return
+        if busy:
+            self.bar.set_postfix_str("compiling", refresh=True)
+        else:
+            self.bar.set_postfix_str("", refresh=False)
+            self.bar.unpause()
+
     def limits(self) -> dict:
         return {"tick_every": np.asarray(self.tick_every, np.int32), "tick_token": np.asarray(self.token, np.int32)}
 
