@@ -17,10 +17,26 @@ import numpy as np
 __all__ = ["CovarianceAccumulator", "leading_eigenpairs"]
 
 
+#: rows of ``X^T X`` updated per product: the update's temporary is (_BLOCK, F), not (F, F)
+_BLOCK = 1024
+
+
 @functools.partial(jax.jit, donate_argnums=(0, 1))
 def _accumulate(s, ss, shift, chunk):
     d = chunk - shift
-    return s + jnp.sum(d, axis=0), ss + d.T @ d
+    f = ss.shape[0]
+    blk = min(_BLOCK, f)
+
+    def rows(i, ss):  # rows [a, a + blk) of X^T X, in place; a loop (not unrolled slices) so XLA keeps them apart
+        a = i * blk
+        start = jnp.minimum(a, f - blk)  # the last block is shifted back to fit; rows done already are masked
+        upd = jax.lax.dynamic_slice_in_dim(d, start, blk, axis=1).T @ d
+        upd = jnp.where(((start + jnp.arange(blk)) >= a)[:, None], upd, 0.0)
+        cur = jax.lax.dynamic_slice_in_dim(ss, start, blk, axis=0)
+        return jax.lax.dynamic_update_slice_in_dim(ss, cur + upd, start, axis=0)
+
+    ss = jax.lax.fori_loop(0, -(-f // blk), rows, ss)
+    return s + jnp.sum(d, axis=0), ss
 
 
 @jax.jit
