@@ -47,6 +47,33 @@ def test_restore_is_bit_identical(tmp_path, kind):
     assert desc["step"] == [400, 400] and desc["ensemble"]["kind"] == sim.ensemble.kind
 
 
+def test_checkpoint_every_chunk_resumes_a_stopped_run(tmp_path):
+    """run(checkpoint=path) saves after every chunk: a run stopped after chunk 2 of 4 (an exception in
+    on_chunk, as a kill would) continues from the file to the uninterrupted result."""
+    sim = simulation("langevin")
+    start = sim.init(npt_starts(), seed=2)
+    end, whole = sim.run(start, n_steps=400, record_every=10)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_two(state, frames):
+        seen.append(frames.n_frames)
+        if len(seen) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        sim.run(start, n_steps=400, record_every=10, checkpoint=tmp_path / "ck.npz", on_chunk=stop_after_two)
+    assert seen == [10, 10]
+    sim2, state = md.Simulation.restore(tmp_path / "ck.npz", morse_cu())
+    assert int(state.step.max()) == 200
+    end2, rest = sim2.run(state, n_steps=200, record_every=10)
+    _assert_same_state(end, end2)
+    np.testing.assert_array_equal(whole.positions[:, 20:], rest.positions)
+
+
 def test_restore_keeps_grown_capacities(tmp_path):
     sim = simulation("npt", capacity=200, model_capacity=150, images=(0, 0, 0))
     state, traj = sim.run(sim.init(npt_starts(), seed=1), n_steps=100, record_every=10)

@@ -449,6 +449,7 @@ class Simulation:
         extra=None,
         progress: bool | None = None,
         on_chunk: Callable[[MDState, Trajectory], None] | None = None,
+        checkpoint=None,
     ) -> tuple[MDState, Trajectory]:
         """Advance every replica ``n_steps`` steps, recording a frame every ``record_every``.
 
@@ -460,6 +461,7 @@ class Simulation:
         with the state at its end and that chunk's frames (a :class:`Trajectory`): write
         frames and ``self.save(state, path)`` there and a killed run resumes from the last
         chunk exactly.  An exception it raises stops the run (the state it saw is complete).
+        ``checkpoint``: a path; ``self.save(state, checkpoint)`` after every chunk (before ``on_chunk``).
         """
         self._need_init()
         n_steps, record_every = int(n_steps), int(record_every)
@@ -514,6 +516,8 @@ class Simulation:
                 frames_parts.append(jax.device_get(frames))
                 obs_parts.append(jax.device_get(obs))
                 bar.chunk_done(time.perf_counter() - t_chunk - compiling)
+                if checkpoint is not None:
+                    self.save(state, checkpoint)
                 if on_chunk is not None:
                     on_chunk(state, self._trajectory(frames_parts[-1], obs_parts[-1], chunk_start_status))
         finally:
