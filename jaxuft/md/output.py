@@ -7,12 +7,12 @@ recorded frame count, so the finished files equal those of a run that was never 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_open
 from .errors import MDInputError
 from .trajectory import Trajectory
 
@@ -85,8 +85,6 @@ class RunWriter:
             atoms = frames.atoms(r)
             with open(self.dir / name, "ab") as f:
                 if atoms:
-                    import io
-
                     buf = io.StringIO()
                     write(buf, atoms, format="extxyz")
                     f.write(buf.getvalue().encode())
