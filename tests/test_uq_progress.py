@@ -104,3 +104,18 @@ def test_score_several_files_gives_a_per_file_breakdown(tmp_path, capsys):
     frames = list(csv.DictReader(open(out / "per_frame.csv")))
     assert [r["file"] for r in frames] == [str(near)] * 3 + [str(far)] * 2
     assert [int(r["frame_in_file"]) for r in frames] == [0, 1, 2, 0, 1]
+
+
+def test_docs_qres_example_runs(tmp_path, monkeypatch):
+    """The Python example in docs/qres.md runs as written (in a scratch directory)."""
+    from pathlib import Path
+
+    from jaxuft.uq import PCA
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "qres.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert blocks, "docs/qres.md has no python example"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/qres.md", "exec"), {})
+    assert PCA.load(tmp_path / "example_pca.npz").n_components_ == 3
