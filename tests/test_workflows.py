@@ -78,37 +78,38 @@ def test_periodic_rounds_compile_nothing_new(reference):
         assert t[f"periodic/round_{k:02d}/md"]["compilations"] == 0, t[f"periodic/round_{k:02d}/md"]
 
 
-def test_report_is_reproducible(reference, tmp_path):
-    """Same config and seed -> identical result tables and report (above the timings)."""
+def test_kill9_in_each_stage_then_resume_gives_identical_results(reference, tmp_path):
+    """One run killed with SIGKILL during MD, resumed and killed during labelling, resumed and killed during
+    fine-tuning (after an epoch's checkpoint), then resumed to the end: the result tables equal the
+    uninterrupted run's (so they are also reproducible from process to process), finished stages are never
+    redone, and the report is identical above its timings."""
     from jaxuft.workflows.report import write_report
 
-    run, res = reference
-    _run_script(tmp_path, toy(), tmp_path / "again")
-    assert _tables(tmp_path / "again") == res
-    # the only difference allowed above the timings: the run's label (its directory name)
-    assert _report_results_part(tmp_path / "again").replace("| again |", "| ref |") == _report_results_part(run)
-    out = write_report([run, tmp_path / "again"], tmp_path / "both")
-    assert "| ref | periodic |" in out.read_text() and "| again | periodic |" in out.read_text()
-
-
-@pytest.mark.parametrize("kill", [
-    ("--kill-in", "naive/md", "--after", "0.3"),                 # during MD (compilation or steps)
-    ("--kill-label", "7"),                                      # during labelling (periodic round 2)
-    ("--kill-epoch", "periodic/round_02/finetune", "2"),         # during fine-tuning, after a checkpoint
-], ids=["md", "labelling", "finetune"])
-def test_kill9_then_resume_gives_identical_results(reference, tmp_path, kill):
-    _, res = reference
+    ref_run, res = reference
     run = tmp_path / "killed"
-    _run_script(tmp_path, toy(), run, *kill, expect_kill=True)
-    assert not (run / "results.json").exists()
-    ledger = json.loads((run / "ledger.json").read_text()) if (run / "ledger.json").exists() else {"stages": {}}
+    kills = [("--kill-in", "naive/md", "--after", "0.3"),                 # during MD (compilation or steps)
+             ("--kill-label", "3"),                                      # during labelling (3rd label of this session)
+             ("--kill-epoch", "periodic/round_02/finetune", "2")]         # during fine-tuning, after a checkpoint
+    for i, kill in enumerate(kills):
+        before = json.loads((run / "ledger.json").read_text())["stages"] if (run / "ledger.json").exists() else {}
+        args = ("--resume",) if i else ()
+        _run_script(tmp_path, toy(), run, *args, *kill, expect_kill=True)
+        assert not (run / "results.json").exists()
+        after = json.loads((run / "ledger.json").read_text())["stages"] if (run / "ledger.json").exists() else {}
+        for stage, entry in before.items():  # stages finished before a kill are not redone
+            assert after[stage] == entry, stage
+        assert len(after) >= len(before)
     _run_script(tmp_path, toy(), run, "--resume")
     assert _tables(run) == res
     manifest = json.loads((run / "manifest.json").read_text())
-    assert [s["resumed"] for s in manifest["sessions"]] == [False, True]
-    after = json.loads((run / "ledger.json").read_text())["stages"]
-    for stage, entry in ledger["stages"].items():  # stages finished before the kill were not redone
-        assert after[stage] == entry, stage
+    assert [s["resumed"] for s in manifest["sessions"]] == [False, True, True, True]
+    # naive/labels was killed at its 3rd label: the 2 finished before the kill were reused, not computed again
+    timings = json.loads((run / "timings.json").read_text())
+    assert (timings["naive/labels"]["n_reused"], timings["naive/labels"]["n_computed"]) == (2, 2)
+    # the same report above the timings (the run label is the directory name)
+    assert _report_results_part(run).replace("| killed |", "| ref |") == _report_results_part(ref_run)
+    out = write_report([ref_run, run], tmp_path / "both")
+    assert "| ref | periodic |" in out.read_text() and "| killed | periodic |" in out.read_text()
 
 
 def test_crashing_oracle_is_retried_and_recorded(tmp_path):
