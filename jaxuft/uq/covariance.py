@@ -134,10 +134,48 @@ class CovarianceAccumulator:
         if self.n < 2:
             raise ValueError(f"need at least 2 samples, have {self.n}")
         dt = self.dtype if dtype is None else np.dtype(dtype)
-        mean, cov = _moments(self.shift, self.sum, self.sumsq, jnp.asarray(self.n, dt), dt)
+        n = jnp.asarray(self.n, dt)
+        if consume and dt == self.dtype:  # the F x F sum becomes the covariance, in place
+            total, sumsq = self.sum, self.sumsq
+            self.sum = self.sumsq = None
+            return _moments_in_place(self.shift, total, sumsq, n)
+        mean, cov = _moments(self.shift, self.sum, self.sumsq, n, dt)
         if consume:
             self.sum = self.sumsq = None
         return mean, cov
+
+
+@functools.partial(jax.jit, donate_argnums=(2,))
+def _moments_in_place(shift, s, ss, n):
+    """:func:`_moments` writing the covariance into the donated ``ss`` (no second F x F buffer)."""
+    d = s / n
+    f = ss.shape[0]
+    blk = min(_BLOCK, f)
+    nb = -(-f // blk)
+
+    def centre(i, ss):  # rows of (ss - n d d^T) / (n - 1), in place; rows of a clamped last block done already are kept
+        a = i * blk
+        start = jnp.minimum(a, f - blk)
+        rows = jax.lax.dynamic_slice_in_dim(ss, start, blk, axis=0)
+        new = (rows - n * jnp.outer(jax.lax.dynamic_slice_in_dim(d, start, blk), d)) / (n - 1)
+        new = jnp.where(((start + jnp.arange(blk)) >= a)[:, None], new, rows)
+        return jax.lax.dynamic_update_slice_in_dim(ss, new, start, axis=0)
+
+    ss = jax.lax.fori_loop(0, nb, centre, ss)
+
+    def pair(k, ss):  # symmetrise: block (i, j) above the diagonal <- the mean with its mirror, below <- the
+        # (already symmetrised) mirror's transpose.  One in-place update per step (two would make XLA copy ss);
+        # a clamped last block repeats rows, which is harmless as the result is already symmetric there.
+        i, j = k // nb, k % nb
+        a = jnp.minimum(i * blk, f - blk)
+        b = jnp.minimum(j * blk, f - blk)
+        here = jax.lax.dynamic_slice(ss, (a, b), (blk, blk))
+        mirror = jax.lax.dynamic_slice(ss, (b, a), (blk, blk)).T
+        m = jnp.where(j >= i, 0.5 * (here + mirror), mirror)
+        return jax.lax.dynamic_update_slice(ss, m, (a, b))
+
+    ss = jax.lax.fori_loop(0, nb * nb, pair, ss)
+    return shift + d, ss
 
 
 @functools.partial(jax.jit, static_argnums=(4,))

@@ -28,6 +28,7 @@ Pure-JAX versions for compiled code: :func:`pca_state`, :func:`q_residual_fn`,
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -89,8 +90,8 @@ _q_jit = jax.jit(q_residual_fn)
 _t2_jit = jax.jit(t2_fn)
 
 
-@jax.jit
-def _rescale(cov, scale):
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _rescale(cov, scale):  # cov is always a fresh array owned by the fit: reuse its buffer
     return cov / jnp.outer(scale, scale)
 
 
