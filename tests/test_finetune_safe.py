@@ -115,6 +115,7 @@ def test_e0s_lstsq_refits_the_energy_zero(cu, tmp_path):
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["e0s"]["used"] == res.manifest["e0s"]["used"]
     loaded = jaxuft.load(tmp_path / "run", dtype="float64")
     np.testing.assert_array_equal(np.asarray(loaded.params["e0"]), np.asarray(res.params["e0"]))
+    assert res.manifest["model"]["dtype"] == "float64"  # the config left dtype unset: the potential's dtype
     e0 = res.manifest["e0s"]
     assert e0["mode"] == "lstsq" and set(e0["used"]) == {"Cu"}
     # one composition: the refit moves E0(Cu) by the mean per-atom residual of the training frames

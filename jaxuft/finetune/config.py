@@ -176,14 +176,14 @@ class FinetuneConfig(_Config):
 
     def replace(self, **changes) -> "FinetuneConfig":
         """A copy with ``changes``; ``loss_X=`` / ``optim_X=`` reach the nested fields (validated)."""
-        d = self.model_dump()
+        d = self.model_dump(exclude_unset=True)  # fields left at their defaults stay unset in the copy
         for k in list(changes):
             for group in ("loss", "optim"):
                 if k.startswith(group + "_") and k[len(group) + 1:] in type(getattr(self, group)).model_fields:
-                    d[group][k[len(group) + 1:]] = changes.pop(k)
+                    d.setdefault(group, {})[k[len(group) + 1:]] = changes.pop(k)
         for group in ("loss", "optim"):
             if isinstance(changes.get(group), dict):
-                d[group].update(changes.pop(group))
+                d.setdefault(group, {}).update(changes.pop(group))
         d.update(changes)
         return type(self)(**d)
 
