@@ -90,7 +90,7 @@ def fit_pca(
 def _score_chunks(pca: PCA, arrays: Iterable[np.ndarray], progress: bool | None = False, total: int | None = None):
     """Q, T² and scores of stacked per-frame arrays, without stacking them all at once."""
     qs, ts, ss = [], [], []
-    chunks = _rechunk(arrays, pca.chunk_size)
+    chunks = _rechunk(arrays, min(pca.chunk_size, _STREAM_ROWS))  # small host/device copies per step
     for c in _progress(chunks, total, "Q and T²", progress, unit="atom", weight=len):
         q, t = pca.q_and_t2(c)
         qs.append(q)
