@@ -153,3 +153,25 @@ def test_config_errors_name_the_field():
     c = FinetuneConfig().replace(optim_lr=5e-4, loss_forces_weight=10.0, epochs=3)
     assert (c.optim.lr, c.loss.forces_weight, c.epochs) == (5e-4, 10.0, 3)
     assert FinetuneConfig(**c.to_dict()) == c
+
+
+def test_cli_says_it_kept_the_starting_model(cu, tmp_path, capsys):
+    from ase.io import write
+
+    from jaxuft.finetune.cli import main
+    from jaxuft.finetune.trainer import save_potential
+
+    train, _ = cu
+    model = save_potential(morse(), morse().params, tmp_path / "morse")
+    write(tmp_path / "train.xyz", train)
+    rc = main(["finetune", "--model", str(model), "--train", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "out"),
+               "--epochs", "2", "--batch-size", "2", "--dtype", "float64", "--e0s", "model", "--lr", "1.0", "-q"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "kept the starting model" in out and "cannot detect over-fitting" in out
+    with pytest.raises(SystemExit):  # argparse: an unknown flag
+        main(["finetune", "--model", str(model), "--train", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "x"),
+              "--optim-typo", "1"])
+    rc = main(["finetune", "--model", str(model), "--train", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "x"),
+               "--ema-decay", "1.5", "-q"])
+    assert rc == 2 and "--ema-decay" in capsys.readouterr().err

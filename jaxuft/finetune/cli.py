@@ -160,6 +160,9 @@ def _cmd_finetune(args) -> int:
     m = result.manifest
     print(f"status: {result.status} after {m['epochs_run']} epoch(s); best epoch {m['best_epoch']} "
           f"({m['model']['n_trainable']} trainable parameters, freeze={cfg.freeze!r})")
+    print(m["outcome"])
+    if m.get("validation_note"):
+        print("note: " + m["validation_note"])
     final = m["metrics"].get("final_full_model", {})
     for split, met in final.items():
         print(f"{split:15s} E RMSE {met['energy_rmse']:.2f} meV/atom  F RMSE {met['forces_rmse']:.1f} meV/Å  "
