@@ -311,8 +311,9 @@ def sweep_main(argv) -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--test-frames", type=int, default=4, help="frames of test/independent.xyz (spread evenly)")
-    ap.add_argument("--only", default=None, help="sweep: comma-separated candidate names")
+    ap.add_argument("--only", default=None, help="sweep: candidate names separated by ';'")
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--table-only", action="store_true", help="run nothing: print (and --record) the rows in --out")
     args = ap.parse_args(argv[1:])
     if not (PAPER / "chclca").is_dir():
         print(f"paper data not found at {PAPER}", file=sys.stderr)
@@ -325,9 +326,11 @@ def sweep_main(argv) -> int:
     if "foundation" not in rows:
         rows["foundation"] = _test_errors(pot, test)
         Path(args.out).write_text(json.dumps(rows, indent=1))
-    if argv[0] == "sweep":
+    if args.table_only:
+        pass
+    elif argv[0] == "sweep":
         train = _paper_frames("train/periodic/FT5.xyz", args.frames)
-        names = args.only.split(",") if args.only else list(SWEEP)
+        names = args.only.split(";") if args.only else list(SWEEP)
         for name in names:
             if name in rows:
                 continue
@@ -377,7 +380,8 @@ def sweep_main(argv) -> int:
             header, table,
             notes=(f"benchmarks/bench_finetune.py {argv[0]}: SevenNet-0 float32, training on {what}, "
                    f"{args.epochs} epochs at batch {args.batch_size}, the model after the last epoch (no selection); "
-                   f"errors on {len(test)} evenly spaced frames of test/independent.xyz. CPU-limited: epochs and "
+                   + (f"not run (CPU time): {', '.join(k for k in SWEEP if k not in rows)}; " if argv[0] == "sweep" else "")
+                   + f"errors on {len(test)} evenly spaced frames of test/independent.xyz. CPU-limited: epochs and "
                    f"frames cut to fit a shared 2-core machine (load average "
                    f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})."),
         )
