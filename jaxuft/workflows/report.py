@@ -38,12 +38,24 @@ def _load(run: Path) -> tuple[dict, dict]:
     return json.loads(p.read_text()), timings
 
 
-def _plot_residuals(runs, out: Path) -> str | None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt, fig, out: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out.name
+
+
+def _plot_residuals(runs, out: Path) -> str | None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     any_rows = False
     for label, res in runs:
@@ -68,18 +80,11 @@ def _plot_residuals(runs, out: Path) -> str | None:
     axes[0].axhline(0, color="k", lw=0.5)
     axes[1].legend(fontsize=8)
     fig.suptitle("Model − oracle along each model's own evaluation run")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out.name
+    return _save(plt, fig, out)
 
 
 def _plot_qres(runs, out: Path) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     items = [(label, m, ev["qres"]) for label, res in runs for m, ev in res["evaluation"].items() if ev.get("qres")]
     if not items:
         return None
@@ -96,18 +101,11 @@ def _plot_qres(runs, out: Path) -> str | None:
         ax.set_ylabel("density")
         ax.set_title(model if len(runs) == 1 else f"{label}: {model}", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out.name
+    return _save(plt, fig, out)
 
 
 def _plot_density(runs, out: Path) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     drawn = False
     for label, res in runs:
@@ -123,10 +121,7 @@ def _plot_density(runs, out: Path) -> str | None:
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("density (g/cm³)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out.name
+    return _save(plt, fig, out)
 
 
 def _results_section(runs) -> list[str]:

@@ -242,9 +242,7 @@ class Context:
 
 
 def _save_traj(traj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    traj.save_npz(tmp)
-    os.replace(tmp, path)
+    traj.save_npz(path)  # atomic
 
 
 def _save_state(state, path: Path, **meta) -> None:
