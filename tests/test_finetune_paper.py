@@ -28,6 +28,7 @@ def sevennet():
         pytest.skip(f"SevenNet-0 unavailable ({str(exc).splitlines()[0]}); run `jaxuft fetch sevennet-0`")
 
 
+@pytest.mark.slow
 def test_default_finetune_of_sevennet_lowers_heldout_errors(sevennet):
     from ase.io import read
 
