@@ -96,6 +96,11 @@ def _rescale(cov, scale):  # cov is always a fresh array owned by the fit: reuse
 
 
 @jax.jit
+def _diag(cov):  # jitted: eager jnp.diag/trace materialise an F x F temporary
+    return jnp.diagonal(cov)
+
+
+@jax.jit
 def _frob2(cov):
     return jnp.sum(cov * cov)
 
@@ -261,12 +266,12 @@ class PCA:
             raise ValueError("PCA needs at least 2 samples")
         mean, cov = acc.mean_and_covariance(self.dtype, consume=consume)
         if self.scale:
-            std = jnp.sqrt(jnp.clip(jnp.diag(cov), 0.0) * (n - 1) / n)
+            std = jnp.sqrt(jnp.clip(_diag(cov), 0.0) * (n - 1) / n)
             scale = jnp.where(std > 0, std, 1.0)
             cov = _rescale(cov, scale)
         else:
             scale = jnp.ones((f,), self.dtype)
-        total_var = float(jnp.trace(cov))
+        total_var = float(jnp.sum(_diag(cov)))
         n_max = min(n, f)
         if f <= self.eigh_max:
             w, V = jnp.linalg.eigh(cov)
