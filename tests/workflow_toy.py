@@ -102,14 +102,14 @@ def _main(argv):
 
         original_run = Trainer.run
 
-        def run(self, resume=False, stop_after=None, callbacks=()):
+        def run_with_kill(self, resume=False, stop_after=None, callbacks=()):
             def cb(e, records, trainer):
                 if e == int(epoch) and str(trainer.out_dir).endswith(stage_name):
                     _die(f"after epoch {e} of {stage_name}")
 
             return original_run(self, resume=resume, stop_after=stop_after, callbacks=tuple(callbacks) + (cb,))
 
-        Trainer.run = run
+        Trainer.run = run_with_kill
     config = None if resume else json.loads(Path(cfg_path).read_text())
     run_workflow(config, run, resume=resume, report=True)
     return 0
