@@ -26,16 +26,18 @@ def _accumulate(s, ss, shift, chunk):
     d = chunk - shift
     f = ss.shape[0]
     blk = min(_BLOCK, f)
+    n_full = f // blk
 
     def rows(i, ss):  # rows [a, a + blk) of X^T X, in place; a loop (not unrolled slices) so XLA keeps them apart
         a = i * blk
-        start = jnp.minimum(a, f - blk)  # the last block is shifted back to fit; rows done already are masked
-        upd = jax.lax.dynamic_slice_in_dim(d, start, blk, axis=1).T @ d
-        upd = jnp.where(((start + jnp.arange(blk)) >= a)[:, None], upd, 0.0)
-        cur = jax.lax.dynamic_slice_in_dim(ss, start, blk, axis=0)
-        return jax.lax.dynamic_update_slice_in_dim(ss, cur + upd, start, axis=0)
+        upd = jax.lax.dynamic_slice_in_dim(d, a, blk, axis=1).T @ d
+        cur = jax.lax.dynamic_slice_in_dim(ss, a, blk, axis=0)
+        return jax.lax.dynamic_update_slice_in_dim(ss, cur + upd, a, axis=0)
 
-    ss = jax.lax.fori_loop(0, -(-f // blk), rows, ss)
+    ss = jax.lax.fori_loop(0, n_full, rows, ss)
+    tail = n_full * blk
+    if tail < f:  # the remaining rows (static shape)
+        ss = jax.lax.dynamic_update_slice_in_dim(ss, ss[tail:] + d[:, tail:].T @ d, tail, axis=0)
     return s + jnp.sum(d, axis=0), ss
 
 
