@@ -65,7 +65,8 @@ def run_workflow(config=None, run_dir=None, *, resume: bool = False, overwrite: 
     status = "failed"
     ctx = None
     try:
-        atomic_write_json(run.path / "config.json", cfg.model_dump(mode="json"))
+        # only what was given: "not set" keeps its meaning on --resume (e.g. fine-tuning in the model's dtype)
+        atomic_write_json(run.path / "config.json", cfg.model_dump(mode="json", exclude_unset=True))
         run.write_manifest(config=cfg.model_dump(mode="json"), config_dir=str(base_dir), seed=cfg.seed)
         ctx = Context.create(cfg, run, base_dir)
         protocols = {name: RUNNERS[name](ctx) for name in cfg.protocols}
