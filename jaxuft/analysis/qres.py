@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from ase import Atoms
 
+from ..fileio import atomic_save_npz
 from ..progress import get_logger, progress
 
 __all__ = ["DescriptorStore", "CachedDescriptors", "StreamedPCA", "fit_streamed_pca", "element_q_table",
@@ -132,9 +133,8 @@ class DescriptorStore:
             if tmp.exists():
                 tmp.unlink()
         rows = np.array([int(a.info.get("thermo_row", -1)) for a in frames])
-        with open(meta_path.with_name(meta_path.name + ".tmp"), "wb") as f:
-            np.savez(f, frame_sizes=sizes, numbers=np.concatenate([a.numbers for a in frames]), thermo_rows=rows)
-        os.replace(meta_path.with_name(meta_path.name + ".tmp"), meta_path)
+        atomic_save_npz(meta_path, frame_sizes=sizes, numbers=np.concatenate([a.numbers for a in frames]),
+                        thermo_rows=rows)
         log.info("cached %d×%d descriptors of %s (%d frames) in %s", int(sizes.sum()), n_feat, path.name, len(frames), arr_path)
         return self._open(arr_path, meta_path, label)
 

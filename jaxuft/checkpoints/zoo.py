@@ -496,9 +496,9 @@ def _convert_and_stamp(m: ZooModel, ckpt: Path, quiet: bool) -> Path:
     files = {p.name: _sha256(p) for p in _converted_files(dest)}
     stamp = {"name": m.name, "source_sha256": m.sha256, "files": files,
              "converted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    tmp = _stamp_path(m.name).with_suffix(".tmp")
-    tmp.write_text(json.dumps(stamp, indent=1) + "\n")
-    os.replace(tmp, _stamp_path(m.name))
+    from ..fileio import atomic_write_json
+
+    atomic_write_json(_stamp_path(m.name), stamp)
     return dest
 
 
