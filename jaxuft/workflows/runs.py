@@ -37,12 +37,14 @@ def _now() -> str:
 
 
 def versions() -> dict:
+    """Installed versions of jaxuft and what it runs on (distribution metadata: no imports)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
-    for mod in ("jaxuft", "jax", "jaxlib", "flax", "optax", "jax_md", "e3nn_jax", "ase", "numpy", "distributed", "tblite"):
+    for dist in ("jaxuft", "jax", "jaxlib", "flax", "optax", "jax-md", "e3nn-jax", "ase", "numpy", "distributed", "tblite"):
         try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:  # optional packages
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # optional packages
             continue
     return out
 
