@@ -12,7 +12,6 @@ import importlib
 import json
 import math
 import os
-import pickle
 import re
 import signal
 import socket
@@ -248,25 +247,54 @@ def _compute(atoms, oracle: OracleConfig) -> dict:
     return out
 
 
-def _child_main() -> None:  # python -c "...; _child_main()" IN OUT
+def _atoms_to_json(atoms) -> dict:
+    d = {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+         "cell": np.asarray(atoms.cell).tolist(), "pbc": [bool(p) for p in atoms.pbc]}
+    for name in ("initial_charges", "initial_magmoms"):
+        if name in atoms.arrays:
+            d[name] = atoms.arrays[name].tolist()
+    info = {}
+    for k, v in atoms.info.items():  # user factories may read info (plain values travel)
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        info[k] = v
+    d["info"] = info
+    return d
+
+
+def _atoms_from_json(d: dict):
+    from ase import Atoms
+
+    atoms = Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+    for name in ("initial_charges", "initial_magmoms"):
+        if name in d:
+            atoms.arrays[name] = np.asarray(d[name])
+    atoms.info.update(d.get("info", {}))
+    return atoms
+
+
+def _child_main() -> None:  # python -c "...; _child_main()" IN OUT  (JSON both ways: no pickles)
+    from ..fileio import atomic_write_json
+
     src, dst = sys.argv[1], sys.argv[2]
-    with open(src, "rb") as f:
-        atoms, oracle = pickle.load(f)
+    with open(src) as f:
+        job = json.load(f)
     try:
-        result = ("ok", _compute(atoms, as_oracle(oracle)))
+        out = _compute(_atoms_from_json(job["atoms"]), as_oracle(job["oracle"]))
+        result = {"status": "ok", "payload": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in out.items()}}
     except BaseException as exc:  # reported to the parent, which retries or records it
-        result = ("error", f"{type(exc).__name__}: {exc}")
-    with open(dst + ".tmp", "wb") as f:
-        pickle.dump(result, f)
-    os.replace(dst + ".tmp", dst)
+        result = {"status": "error", "payload": f"{type(exc).__name__}: {exc}"}
+    atomic_write_json(dst, result, durable=False)
 
 
 def _compute_in_child(atoms, oracle: OracleConfig, timeout: float) -> dict:
     """Run one label in a child process killed (with its process group) after ``timeout`` seconds."""
     with tempfile.TemporaryDirectory(prefix="jaxuft-label-") as tmp:
-        src, dst = os.path.join(tmp, "in.pkl"), os.path.join(tmp, "out.pkl")
-        with open(src, "wb") as f:
-            pickle.dump((atoms.copy(), oracle.model_dump()), f)
+        src, dst = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
+        with open(src, "w") as f:
+            json.dump({"atoms": _atoms_to_json(atoms), "oracle": oracle.model_dump(mode="json")}, f)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
         code = "from jaxuft.labelling.oracles import _child_main; _child_main()"
@@ -283,10 +311,14 @@ def _compute_in_child(atoms, oracle: OracleConfig, timeout: float) -> dict:
             raise LabellingError(f"oracle {oracle.label} took longer than timeout={timeout:g} s") from None
         if not os.path.exists(dst):
             raise LabellingError(f"oracle {oracle.label}: the calculation process died (exit status {proc.returncode})")
-        with open(dst, "rb") as f:
-            status, payload = pickle.load(f)
-        if status != "ok":
-            raise LabellingError(payload)
+        with open(dst) as f:
+            result = json.load(f)
+        if result["status"] != "ok":
+            raise LabellingError(result["payload"])
+        payload = result["payload"]
+        for k in ("forces", "stress"):
+            if payload.get(k) is not None:
+                payload[k] = np.asarray(payload[k], dtype=np.float64)
         return payload
 
 
