@@ -52,7 +52,7 @@ def format_validation_error(exc: ValidationError, source: str | None = None) -> 
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if err.get("type") == "extra_forbidden":
-            msg = "unknown field (check its spelling; `jaxuft config schema` lists the fields)"
+            msg = "unknown field (check its spelling; `jaxuft config schema KIND` lists them: workflow, md, finetune, qres, oracle)"
         got = err.get("input")
         got_s = ""
         if err.get("type") != "missing" and not isinstance(got, (dict, list)):
