@@ -7,17 +7,11 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
+
+from .bonds import _z  # element symbol or number -> Z (one helper for the analysis modules)
 
 __all__ = ["rdf", "rdf_pairs"]
-
-
-def _z(s) -> int:
-    if isinstance(s, (int, np.integer)):
-        return int(s)
-    if s not in atomic_numbers:
-        raise ValueError(f"unknown element {s!r}")
-    return atomic_numbers[s]
 
 
 def rdf(frames: Sequence[Atoms], a, b, r_max: float = 6.0, n_bins: int = 120) -> dict:

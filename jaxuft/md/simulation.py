@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from ..errors import StructureError
-from ..structures import MIN_DISTANCE, validate_atoms
+from ..structures import MIN_DISTANCE, check_overlaps, validate_atoms
 from . import neighbors as nl
 from .compilation import CompilationCounter
 from .ensembles import Ensemble
@@ -290,14 +289,7 @@ class Simulation:
         for k, a in enumerate(frames):
             label = f"structure {k}" if len(frames) > 1 else "structure"
             snd, rcv, _, d = neighbor_list(a, list_cutoff)
-            close = d < limit
-            if np.any(close):
-                j = int(np.argmin(np.where(close, d, np.inf)))
-                raise StructureError(
-                    f"{label}: atoms {int(snd[j])} and {int(rcv[j])} are {d[j]:.3g} Å apart, closer than the "
-                    f"minimum distance {limit:g} Å (Safety.min_distance); atoms overlap. "
-                    "Check for duplicated atoms, a wrong cell or wrong units."
-                )
+            check_overlaps(snd, rcv, d, label, min_distance=limit)  # Safety.min_distance
             count = max(count, len(d))
             model_count = max(model_count, int(np.sum(d < cutoff)))
             if any(pbc):
