@@ -3,6 +3,8 @@
 #
 #   tests/reference/make_venvs.sh mace        -> .venvs/mace
 #   tests/reference/make_venvs.sh sevenn      -> .venvs/sevenn
+#   tests/reference/make_venvs.sh torchsim    -> .venvs/torchsim  (optional, benchmarks only:
+#       TorchSim + sevenn for benchmarks/bench_md.py --peer torchsim; not built by CI)
 #
 # Idempotent: a venv is considered complete when its marker file
 # (.venvs/<name>/.jaxuft-complete) exists; then the script exits 0 at once.
@@ -17,7 +19,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 
 usage() {
-    echo "usage: $0 {mace|sevenn} [...]" >&2
+    echo "usage: $0 {mace|sevenn|torchsim} [...]" >&2
     exit 2
 }
 
@@ -78,6 +80,18 @@ assert torch.version.cuda is None, "a CUDA torch was installed"
 PY
 }
 
+check_torchsim() {
+    local py="${VENVS_DIR}/torchsim/bin/python"
+    "${py}" - <<'PY'
+import torch, torch_sim, sevenn
+from torch_sim.models.sevennet import SevenNetModel  # noqa: F401
+from torch_sim.integrators import nvt_langevin  # noqa: F401
+print(f"[make_venvs] torchsim: torch {torch.__version__} (cuda={torch.version.cuda}), "
+      f"torch-sim {torch_sim.__version__}, sevenn {sevenn.__version__}")
+assert torch.version.cuda is None, "a CUDA torch was installed"
+PY
+}
+
 [[ $# -ge 1 ]] || usage
 for target in "$@"; do
     case "${target}" in
@@ -99,6 +113,17 @@ for target in "$@"; do
                 touch "${VENVS_DIR}/sevenn/.jaxuft-complete"
             else
                 echo "[make_venvs] sevenn: already complete"
+            fi
+            ;;
+        torchsim)
+            # TorchSim (the batched-MD peer of bench_md.py) running SevenNet-0 through sevenn's
+            # model; 0.3.0 is the newest release for Python 3.11.  Benchmarks only: not built by CI.
+            if [[ ! -f "${VENVS_DIR}/torchsim/.jaxuft-complete" ]]; then
+                make_venv torchsim "torch-sim-atomistic==0.3.0" "sevenn==0.13.0" numpy ase
+                check_torchsim
+                touch "${VENVS_DIR}/torchsim/.jaxuft-complete"
+            else
+                echo "[make_venvs] torchsim: already complete"
             fi
             ;;
         *)
