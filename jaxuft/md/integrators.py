@@ -122,7 +122,10 @@ def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1):
     """BAOAB Langevin dynamics: ``friction`` (1/ASE time) couples every atom to a bath at ``kT``."""
     m = masses[:, None]
     c1 = jnp.exp(-friction * dt)
-    c2 = jnp.sqrt(1.0 - c1 * c1)
+    s2 = 1.0 - c1 * c1
+    # sqrt only where positive: the dt = 0 refresh step has c2 = 0 exactly and a finite (zero)
+    # derivative with respect to friction and dt (sqrt's infinite slope at 0 gave NaN gradients)
+    c2 = jnp.where(s2 > 0, jnp.sqrt(jnp.where(s2 > 0, s2, 1.0)), 0.0)
 
     def apply_fn(state: MDState):
         key, sub = jax.random.split(state.key)
