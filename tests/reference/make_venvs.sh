@@ -83,11 +83,13 @@ PY
 check_torchsim() {
     local py="${VENVS_DIR}/torchsim/bin/python"
     "${py}" - <<'PY'
-import torch, torch_sim, sevenn
-from torch_sim.models.sevennet import SevenNetModel  # noqa: F401
+from importlib.metadata import version
+import torch, sevenn
+import torch_sim.models.sevennet as tsm
+assert hasattr(tsm, "torch_script_type"), "torch-sim cannot use this sevenn (calculator.torch_script_type missing)"
 from torch_sim.integrators import nvt_langevin  # noqa: F401
 print(f"[make_venvs] torchsim: torch {torch.__version__} (cuda={torch.version.cuda}), "
-      f"torch-sim {torch_sim.__version__}, sevenn {sevenn.__version__}")
+      f"torch-sim-atomistic {version('torch-sim-atomistic')}, sevenn {sevenn.__version__}")
 assert torch.version.cuda is None, "a CUDA torch was installed"
 PY
 }
@@ -117,9 +119,11 @@ for target in "$@"; do
             ;;
         torchsim)
             # TorchSim (the batched-MD peer of bench_md.py) running SevenNet-0 through sevenn's
-            # model; 0.3.0 is the newest release for Python 3.11.  Benchmarks only: not built by CI.
+            # model; 0.3.0 is the newest release for Python 3.11 and its SevenNet wrapper needs sevenn <= 0.12
+            # (0.13 dropped calculator.torch_script_type); 0.12.1 ships the same SevenNet_0__11Jul2024
+            # checkpoint.  Benchmarks only: not built by CI.
             if [[ ! -f "${VENVS_DIR}/torchsim/.jaxuft-complete" ]]; then
-                make_venv torchsim "torch-sim-atomistic==0.3.0" "sevenn==0.13.0" numpy ase
+                make_venv torchsim "torch-sim-atomistic==0.3.0" "sevenn==0.12.1" numpy ase
                 check_torchsim
                 touch "${VENVS_DIR}/torchsim/.jaxuft-complete"
             else
