@@ -36,9 +36,11 @@ Design (see the module docstrings for details):
 * :mod:`~jaxuft.md.trajectory` (extxyz per replica, npz), :mod:`~jaxuft.md.state`
   (the state file), :mod:`~jaxuft.md.compilation` (a reusable XLA compilation counter),
   :mod:`~jaxuft.md.cli` (``jaxuft md``).
-* Differentiable: ``jax.grad`` through :meth:`Simulation.initial_state` +
-  :meth:`Simulation.segment` w.r.t. params and initial positions (``remat=True`` to
-  rematerialise each step).
+* Differentiable: :class:`DifferentiableMD` / :func:`differentiable_run` (:mod:`~jaxuft.md.differentiable`)
+  make a short run a pure function of params, initial positions, cell and thermostat/barostat
+  settings, rematerialised in ~sqrt(steps) blocks, with the gradient's memory reported;
+  :class:`Reweighting` (:mod:`~jaxuft.md.reweighting`, DiffTRe) differentiates equilibrium
+  averages of long runs without backpropagating through time.  See docs/differentiable.md.
 """
 
 from .compilation import CompilationCounter
@@ -54,11 +56,14 @@ from .integrators import (
 )
 from .neighbors import NeighborList, NeighborSpec
 from .config import MDConfig
+from .differentiable import DifferentiableMD, DifferentiableTrajectory, differentiable_run, gradient_memory
+from .reweighting import Reweighting
 from .state import STATUS_KEYS, MDState, load_state, read_state, save_state, structure_fingerprint
 from .trajectory import Trajectory
 
 __all__ = [
-    "CapacityError", "CompilationCounter", "MDConfig", "read_state", "structure_fingerprint", "Diagnostics", "Ensemble", "ForceField", "ForceOutput",
+    "CapacityError", "CompilationCounter", "DifferentiableMD", "DifferentiableTrajectory", "Reweighting",
+    "differentiable_run", "gradient_memory", "MDConfig", "read_state", "structure_fingerprint", "Diagnostics", "Ensemble", "ForceField", "ForceOutput",
     "Langevin", "MDInputError", "MDState", "NPT", "NVE", "NeighborList", "NeighborSpec", "NoseHoover",
     "Program", "STATUS_KEYS", "Safety", "compiled_segment", "executable", "initial_state", "segment_fn", "Simulation", "System", "Trajectory", "instantaneous_pressure",
     "jax_md_energy_fn", "jax_md_space", "kinetic_energy", "load_state", "make", "maxwell_boltzmann", "npt_nose_hoover",
