@@ -40,11 +40,26 @@ class ForceOutput(NamedTuple):
     model_count: jax.Array
 
 
-def replica_graph(species, positions, cell, edges: nl.ModelEdges, spec: nl.NeighborSpec) -> Graph:
-    """The padded :class:`Graph` of one replica (``n_atoms + 1`` nodes, 2 graph slots)."""
+def replica_graph(species, positions, cell, edges: nl.ModelEdges, spec: nl.NeighborSpec, atom_mask=None) -> Graph:
+    """The padded :class:`Graph` of one replica (``n_atoms + 1`` nodes, 2 graph slots); ``atom_mask (n_atoms,)``
+    marks padding atoms of a mixed batch (False), which join the padding graph."""
     n = positions.shape[0]
     dtype = positions.dtype
     model_cell = cell if any(spec.pbc) else jnp.zeros_like(cell)
+    if atom_mask is not None:
+        real = jnp.concatenate([atom_mask, jnp.zeros((1,), bool)])
+        return Graph(
+            positions=jnp.concatenate([positions, jnp.zeros((1, 3), dtype)]),
+            cell=jnp.stack([model_cell, jnp.zeros_like(cell)]),
+            species=jnp.concatenate([jnp.where(atom_mask, species, 0).astype(jnp.int32), jnp.zeros((1,), jnp.int32)]),
+            senders=edges.senders,
+            receivers=edges.receivers,
+            shifts=edges.shifts.astype(dtype),
+            node_graph=jnp.where(real, 0, 1).astype(jnp.int32),
+            node_mask=real,
+            edge_mask=edges.mask,
+            graph_mask=jnp.array([True, False]),
+        )
     return Graph(
         positions=jnp.concatenate([positions, jnp.zeros((1, 3), dtype)]),
         cell=jnp.stack([model_cell, jnp.zeros_like(cell)]),
@@ -71,13 +86,13 @@ class ForceField:
         self.module = getattr(potential, "module", potential)
         self.spec = spec
 
-    def graph(self, species, positions, cell, nbrs: nl.NeighborList) -> Graph:
+    def graph(self, species, positions, cell, nbrs: nl.NeighborList, atom_mask=None) -> Graph:
         edges = nl.model_edges(positions, cell, nbrs, self.spec)
-        return replica_graph(species, positions, cell, edges, self.spec)
+        return replica_graph(species, positions, cell, edges, self.spec, atom_mask)
 
-    def __call__(self, params, species, positions, cell, nbrs: nl.NeighborList) -> ForceOutput:
+    def __call__(self, params, species, positions, cell, nbrs: nl.NeighborList, atom_mask=None) -> ForceOutput:
         edges = nl.model_edges(positions, cell, nbrs, self.spec)
-        graph = replica_graph(species, positions, cell, edges, self.spec)
+        graph = replica_graph(species, positions, cell, edges, self.spec, atom_mask)
         out = energy_forces_stress_fn(self.module, params, graph)
         n = positions.shape[0]
         return ForceOutput(

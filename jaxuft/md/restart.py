@@ -23,19 +23,24 @@ from .errors import MDInputError
 from .state import MDState, read_state, save_state, structure_fingerprint
 
 #: Simulation constructor settings recorded in (and restored from) a saved state
-SETTINGS = ("skin", "headroom", "model_headroom", "chunk_steps", "remat", "shard", "replica_batch")
+SETTINGS = ("skin", "headroom", "model_headroom", "chunk_steps", "remat", "shard", "replica_batch", "replica_exchange")
 
 
 def describe(sim, state: MDState, extra: dict | None = None) -> dict:
     """The JSON-able description of ``sim`` and ``state`` (see the module docstring)."""
     sim._need_init()
     steps = np.asarray(jax.device_get(state.step))
-    return {
+    mixed = {}
+    if sim.mixed:  # one system per replica: numbers/masses per system, unpadded
+        mixed = {"mixed": {"sizes": list(sim.sizes), "system_capacity": sim.system_capacity,
+                           "numbers": [[int(z) for z in sim.numbers[r, :n]] for r, n in enumerate(sim.sizes)],
+                           "masses": [[float(m) for m in sim.masses[r, :n]] for r, n in enumerate(sim.sizes)]}}
+    return mixed | {
         "dtype": str(np.dtype(sim.dtype)),
         "replicas": int(state.positions.shape[0]),
-        "atoms": int(len(sim.numbers)),
-        "numbers": [int(z) for z in sim.numbers],
-        "masses": [float(m) for m in sim.masses],
+        "atoms": sim.n_pad,
+        "numbers": [int(z) for z in np.ravel(sim.numbers)] if not sim.mixed else [],
+        "masses": [float(m) for m in np.ravel(sim.masses)] if not sim.mixed else [],
         "pbc": [bool(p) for p in sim.pbc],
         "cell": np.asarray(jax.device_get(sim._cell0), np.float64).tolist(),
         "ensemble": dataclasses.asdict(sim.ensemble),
@@ -48,6 +53,7 @@ def describe(sim, state: MDState, extra: dict | None = None) -> dict:
         "step": [int(s) for s in np.ravel(steps)],
         "fingerprint": sim.fingerprint,
         "restarted_from": sim.restarted_from,
+        "exchange": sim.exchange_stats,
         "extra": extra or {},
     }
 
@@ -77,7 +83,8 @@ def restore(cls, path: str | os.PathLike, potential, **overrides):
         raise MDInputError(f"{path} was run with a model of cutoff {desc['spec']['cutoff']} Å but this potential's "
                            f"cutoff is {potential.cutoff} Å; restore with the model the run used")
     r, n = int(desc["replicas"]), int(desc["atoms"])
-    if tuple(state.positions.shape) != (r, n, 3) or len(desc["numbers"]) != n:
+    mixed = desc.get("mixed")
+    if tuple(state.positions.shape) != (r, n, 3) or (len(desc["numbers"]) != n and not mixed):
         raise MDInputError(f"{path} is damaged: its description says {r} replicas of {n} atoms but the "
                            f"positions have shape {tuple(state.positions.shape)}")
     ensemble = overrides.pop("ensemble", None) or Ensemble(**desc["ensemble"])
@@ -86,7 +93,12 @@ def restore(cls, path: str | os.PathLike, potential, **overrides):
     settings = {**desc["settings"], **{k: overrides.pop(k) for k in list(overrides) if k in SETTINGS}}
     sim = cls(potential, ensemble, safety=safety, capacity=spec.capacity, model_capacity=spec.model_capacity,
               images=spec.images, **settings, **overrides)
-    sim._setup(np.asarray(desc["numbers"]), desc["pbc"], np.asarray(desc["masses"]), np.asarray(desc["cell"]), spec)
+    if mixed:
+        sim._setup_mixed([np.asarray(z) for z in mixed["numbers"]], desc["pbc"], mixed["masses"],
+                         np.asarray(desc["cell"]), spec, mixed["system_capacity"])
+    else:
+        sim._setup(np.asarray(desc["numbers"]), desc["pbc"], np.asarray(desc["masses"]), np.asarray(desc["cell"]), spec)
+    sim.exchange_stats = desc.get("exchange")
     sim.seed = desc.get("seed")
     sim.fingerprint = desc.get("fingerprint")
     sim.restarted_from = {"path": str(path.resolve()), "step": max(desc["step"]), "fingerprint": desc.get("fingerprint")}
@@ -99,6 +111,18 @@ def check_structures(desc: dict, frames: Sequence, source: str = "the saved stat
     structures the saved run started from: same numbers, pbc, cell and fingerprint."""
     frames = list(frames)
     r = int(desc["replicas"])
+    if desc.get("mixed"):
+        from .simulation import _mixed_fingerprint
+
+        numbers = desc["mixed"]["numbers"]
+        if len(frames) != r or any(list(a.get_atomic_numbers()) != list(z) for a, z in zip(frames, numbers)):
+            raise MDInputError(f"the structures do not match the {r} systems of the mixed batch in {source} "
+                               "(compositions or atom order differ); give the structures the run started from, "
+                               "in the same order, or leave --structure out")
+        if desc.get("fingerprint") and _mixed_fingerprint(frames, desc["pbc"]) != desc["fingerprint"]:
+            raise MDInputError(f"the structures' positions or cells differ from those {source} started from; give the "
+                               "structures the run started from, or leave --structure out")
+        return
     if len(frames) == 1:
         frames = frames * r
     if len(frames) != r:

@@ -38,6 +38,9 @@ class Trajectory:
     ``valid``: (R, F) bool, frames to keep (running, or the last good frame of a
     replica that stopped in this segment);
     ``numbers``, ``masses``, ``pbc``: the system; ``report``: run summary.
+    A mixed batch (one system per replica): ``numbers``/``masses`` are ``(R, N)`` padded and
+    ``n_atoms (R,)`` holds each system's atom count; :meth:`atoms` trims, :meth:`system` gives
+    one system's frames as an ordinary trajectory.  ``timestep_fs``: a number, or one per replica.
     """
 
     data: dict
@@ -48,6 +51,30 @@ class Trajectory:
     pbc: np.ndarray
     timestep_fs: float
     report: dict = field(default_factory=dict)
+    n_atoms: np.ndarray | None = None
+
+    @property
+    def mixed(self) -> bool:
+        return self.n_atoms is not None
+
+    def system(self, replica: int) -> "Trajectory":
+        """Replica ``replica`` alone, trimmed to its own atoms (an ordinary one-replica trajectory)."""
+        r = int(replica)
+        n = int(self.n_atoms[r]) if self.mixed else len(self.numbers)
+        pad = self.data["positions"].shape[2]
+
+        def cut(v):
+            v = np.asarray(v)[r:r + 1]
+            return v[:, :, :n] if v.ndim >= 3 and v.shape[2] == pad else v
+
+        ts = np.asarray(self.timestep_fs)
+        return Trajectory(
+            data={k: cut(v) for k, v in self.data.items()},
+            observables={k: cut(v) for k, v in self.observables.items()},
+            valid=self.valid[r:r + 1], numbers=np.asarray(self.numbers[r][:n] if self.mixed else self.numbers),
+            masses=np.asarray(self.masses[r][:n] if self.mixed else self.masses), pbc=self.pbc,
+            timestep_fs=float(ts[r]) if ts.ndim else float(ts), report=self.report,
+        )
 
     @property
     def n_replicas(self) -> int:
@@ -76,7 +103,7 @@ class Trajectory:
             observables=cat([p.observables for p in parts]) if first.observables else {},
             valid=np.concatenate([p.valid for p in parts], axis=1),
             numbers=first.numbers, masses=first.masses, pbc=first.pbc,
-            timestep_fs=first.timestep_fs, report={"segments": [p.report for p in parts]},
+            timestep_fs=first.timestep_fs, report={"segments": [p.report for p in parts]}, n_atoms=first.n_atoms,
         )
 
     # ---- ASE frames --------------------------------------------------------------
@@ -85,14 +112,16 @@ class Trajectory:
         out = []
         d = self.data
         full_pbc = bool(np.all(self.pbc))
+        n = int(self.n_atoms[replica]) if self.mixed else len(self.numbers)
+        numbers = self.numbers[replica][:n] if self.mixed else self.numbers
         for f in range(self.n_frames):
             if only_valid and not self.valid[replica, f]:
                 continue
-            a = Atoms(numbers=self.numbers, positions=d["positions"][replica, f],
+            a = Atoms(numbers=numbers, positions=d["positions"][replica, f][:n],
                       cell=d["cell"][replica, f], pbc=self.pbc)
             results = {
                 "energy": float(d["energy"][replica, f]),
-                "forces": np.asarray(d["forces"][replica, f], dtype=np.float64),
+                "forces": np.asarray(d["forces"][replica, f][:n], dtype=np.float64),
             }
             if full_pbc:
                 results["stress"] = _voigt(np.asarray(d["stress"][replica, f], dtype=np.float64))
@@ -112,8 +141,8 @@ class Trajectory:
                 val = np.asarray(v[replica, f])
                 if val.ndim == 0:
                     a.info[k] = float(val)
-                elif val.shape[0] == len(a):
-                    a.arrays[k] = np.asarray(val, dtype=np.float64)
+                elif val.shape[0] in (len(a), d["positions"].shape[2]):
+                    a.arrays[k] = np.asarray(val[:n], dtype=np.float64)
             out.append(a)
         return out
 
@@ -145,6 +174,8 @@ class Trajectory:
             arrays["obs." + k] = np.asarray(v)
         arrays.update(valid=self.valid, numbers=self.numbers, masses=self.masses, pbc=self.pbc,
                       timestep_fs=np.asarray(self.timestep_fs))
+        if self.mixed:
+            arrays["n_atoms"] = np.asarray(self.n_atoms)
         with atomic_open(path, "wb") as f:  # a crash leaves the old file or the new one
             (np.savez_compressed if compressed else np.savez)(f, **arrays)
         return Path(path)
@@ -155,5 +186,8 @@ class Trajectory:
             data = {k: z[k] for k in z.files}
         obs = {k[4:]: data.pop(k) for k in list(data) if k.startswith("obs.")}
         meta = {k: data.pop(k) for k in ("valid", "numbers", "masses", "pbc", "timestep_fs")}
+        n_atoms = data.pop("n_atoms", None)
+        ts = meta["timestep_fs"]
         return Trajectory(data=data, observables=obs, valid=meta["valid"], numbers=meta["numbers"],
-                          masses=meta["masses"], pbc=meta["pbc"], timestep_fs=float(meta["timestep_fs"]))
+                          masses=meta["masses"], pbc=meta["pbc"], timestep_fs=float(ts) if ts.ndim == 0 else ts,
+                          n_atoms=n_atoms)
