@@ -7,6 +7,12 @@ eV/Å³, ``friction`` in 1/ASE time, ``tau_*`` in ASE time).  Scalars may be
 traced values, so changing a temperature or timestep between segments does not
 recompile.
 
+``atom_mask (N,)`` (optional, keyword): False marks padding atoms of a mixed batch; they
+have no degrees of freedom (temperature, chain and barostat masses count real atoms only)
+and receive no Langevin noise.  Langevin noise is drawn per atom (``fold_in`` of the atom
+index), so the noise of an atom does not depend on how many atoms follow it: a system
+padded in a mixed batch moves exactly as it does alone.
+
 ``init_fn(positions, cell, momenta, neighbors, key)`` evaluates the forces and
 returns an :class:`~jaxuft.md.state.MDState`; ``apply_fn(state)`` does one step
 and returns ``(state, force_output)`` (the extra output carries the minimum pair
@@ -42,10 +48,28 @@ def kinetic_energy(momenta, masses):
     return 0.5 * jnp.sum(momenta * momenta / masses[:, None])
 
 
-def temperature(momenta, masses, kb):
-    """Instantaneous temperature ``2 KE / (3 N k_B)`` (K) with ``kb`` in eV/K."""
-    n = masses.shape[0]
+def temperature(momenta, masses, kb, atom_mask=None):
+    """Instantaneous temperature ``2 KE / (3 N k_B)`` (K) with ``kb`` in eV/K (``N``: real atoms)."""
+    n = _n_atoms(masses, atom_mask)
     return 2.0 * kinetic_energy(momenta, masses) / (3.0 * n * kb)
+
+
+def _n_atoms(masses, atom_mask):
+    """The number of real atoms (a traced count with a mask)."""
+    if atom_mask is None:
+        return masses.shape[0]
+    return jnp.sum(atom_mask).astype(masses.dtype)
+
+
+def gaussian_noise(key, shape, dtype, atom_mask=None):
+    """Standard normal noise ``(N, 3)`` drawn per atom (``fold_in(key, i)``), so atom ``i``'s noise does
+    not depend on the number of atoms; zero on padding atoms."""
+    n = shape[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
+    noise = jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
+    if atom_mask is not None:
+        noise = jnp.where(atom_mask[:, None], noise, 0.0)
+    return noise
 
 
 def instantaneous_pressure(momenta, masses, stress, cell):
@@ -104,7 +128,7 @@ def _after_force(state: MDState, positions, momenta, out, neighbors, **changes) 
     )
 
 
-def nve(force_fn, masses, dt, chain_length: int = 1):
+def nve(force_fn, masses, dt, chain_length: int = 1, atom_mask=None):
     """Velocity Verlet (microcanonical)."""
     m = masses[:, None]
 
@@ -118,7 +142,7 @@ def nve(force_fn, masses, dt, chain_length: int = 1):
     return _init_factory(force_fn, chain_length), apply_fn
 
 
-def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1):
+def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1, atom_mask=None):
     """BAOAB Langevin dynamics: ``friction`` (1/ASE time) couples every atom to a bath at ``kT``."""
     m = masses[:, None]
     c1 = jnp.exp(-friction * dt)
@@ -131,7 +155,7 @@ def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1):
         key, sub = jax.random.split(state.key)
         p = state.momenta + 0.5 * dt * state.forces
         x = state.positions + 0.5 * dt * p / m
-        noise = jax.random.normal(sub, p.shape, p.dtype)
+        noise = gaussian_noise(sub, p.shape, p.dtype, atom_mask)
         p = c1 * p + c2 * jnp.sqrt(m * kT) * noise
         x = x + 0.5 * dt * p / m
         out, nbrs = force_fn(x, state.cell, state.neighbors)
@@ -141,18 +165,41 @@ def nvt_langevin(force_fn, masses, dt, kT, friction, chain_length: int = 1):
     return _init_factory(force_fn, chain_length), apply_fn
 
 
-def _chain(position, momentum, kT, tau, ke, dof: int):
+class _Count:
+    """A traced degree-of-freedom count carried in jax-md's chain, whose ``degrees_of_freedom`` is static
+    pytree metadata: compared by identity (the same object flows through the chain's scans) and used only in
+    ``DOF * kT`` there."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __mul__(self, other):
+        return self.value * other
+
+    __rmul__ = __mul__
+
+    def __copy__(self):  # dataclasses.astuple deep-copies fields: keep the identity
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _chain(position, momentum, kT, tau, ke, dof):
     q = kT * tau * tau * jnp.ones_like(position)
     q = q.at[0].multiply(dof)
-    return _simulate().NoseHooverChain(position, momentum, q, tau, ke, dof)
+    return _simulate().NoseHooverChain(position, momentum, q, tau, ke, dof if isinstance(dof, int) else _Count(dof))
 
 
-def nvt_nose_hoover(force_fn, masses, dt, kT, tau, chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3):
+def nvt_nose_hoover(force_fn, masses, dt, kT, tau, chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3,
+                    atom_mask=None):
     """Nosé–Hoover chain thermostat of period ``tau`` (ASE time) around velocity Verlet."""
     if chain_length < 2:
         raise ValueError("the Nosé–Hoover chain needs chain_length >= 2")
     m = masses[:, None]
-    dof = 3 * masses.shape[0]
+    dof = 3 * _n_atoms(masses, atom_mask)
     fns = _simulate().nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau)
 
     def apply_fn(state: MDState):
@@ -183,7 +230,7 @@ def _sinhx_x(x):
 
 def npt_nose_hoover(
     force_fn, masses, dt, kT, pressure, tau_t, tau_p,
-    chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3,
+    chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3, atom_mask=None,
 ):
     """Isotropic NPT: MTK barostat (period ``tau_p``) + Nosé–Hoover chains (``tau_t``).
 
@@ -194,7 +241,7 @@ def npt_nose_hoover(
     if chain_length < 2:
         raise ValueError("the Nosé–Hoover chain needs chain_length >= 2")
     m = masses[:, None]
-    n = masses.shape[0]
+    n = _n_atoms(masses, atom_mask)
     dof = 3 * n
     alpha = 1.0 + 1.0 / n
     thermostat = _simulate().nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau_t)

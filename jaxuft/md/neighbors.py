@@ -154,8 +154,9 @@ def _compact(mask_flat, capacity: int):
     return idx, count
 
 
-def build(positions, cell, spec: NeighborSpec) -> NeighborList:
-    """Build the list from scratch (``positions (N, 3)`` Å, ``cell (3, 3)`` Å)."""
+def build(positions, cell, spec: NeighborSpec, atom_mask=None) -> NeighborList:
+    """Build the list from scratch (``positions (N, 3)`` Å, ``cell (3, 3)`` Å); ``atom_mask (N,)``:
+    False for padding atoms of a mixed batch, which get no pairs."""
     positions = jax.lax.stop_gradient(positions)
     cell = jax.lax.stop_gradient(cell)
     n = positions.shape[0]
@@ -173,6 +174,8 @@ def build(positions, cell, spec: NeighborSpec) -> NeighborList:
     ii = jnp.arange(n)
     self_pair = (ii[:, None] == ii[None, :])[:, :, None] & jnp.all(offsets == 0, axis=-1)[None, None, :]
     mask = (d2 < spec.list_cutoff**2) & ~self_pair
+    if atom_mask is not None:
+        mask = mask & (atom_mask[:, None] & atom_mask[None, :])[:, :, None]
     idx, count = _compact(mask.reshape(-1), spec.capacity)
     valid = idx >= 0
     safe = jnp.where(valid, idx, 0)
@@ -224,13 +227,13 @@ def empty(positions, cell, spec: NeighborSpec) -> NeighborList:
     )
 
 
-def update(positions, cell, nbrs: NeighborList, spec: NeighborSpec, axis_name=None) -> NeighborList:
+def update(positions, cell, nbrs: NeighborList, spec: NeighborSpec, axis_name=None, atom_mask=None) -> NeighborList:
     """Rebuild when needed.  Under ``vmap(..., axis_name=...)`` all replicas rebuild together
     when any of them needs it, so the rebuild stays a real branch (not a select) on every backend."""
     need = needs_rebuild(positions, cell, nbrs, spec)
     if axis_name is not None:
         need = jax.lax.psum(need.astype(jnp.int32), axis_name) > 0
-    return jax.lax.cond(need, lambda: build(positions, cell, spec), lambda: nbrs)
+    return jax.lax.cond(need, lambda: build(positions, cell, spec, atom_mask), lambda: nbrs)
 
 
 def overflowed(nbrs: NeighborList, spec: NeighborSpec):

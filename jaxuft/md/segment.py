@@ -5,7 +5,12 @@
   steps).  On a single CPU device large ensembles advance in consecutive vmapped
   groups (``replica_batch``) inside the same program, which bounds the temporaries per step.
 * ``params``, temperatures, timesteps, pressures, safety limits and the observables'
-  ``extra`` arrays are runtime arguments: changing them compiles nothing.
+  ``extra`` arrays are runtime arguments: changing them compiles nothing.  The conditions
+  (``cond``) may be scalars (shared) or ``(R,)`` arrays (one value per replica).
+* Mixed batches: a :class:`System` with a leading replica axis (``species, masses,
+  atom_mask (R, N)``) gives every replica its own composition; systems with fewer atoms
+  are padded with masked atoms that have no neighbours, no forces, no momenta and no
+  degrees of freedom, so each system's trajectory is the one it has alone.
 * With ``Program.ticks`` the scan calls the host every ``limits["tick_every"]`` steps (a
   runtime number: progress bars move during a chunk; choosing it compiles nothing).
 * Compiled segments are shared by every :class:`~jaxuft.md.simulation.Simulation` with
@@ -40,10 +45,17 @@ AXIS = "replicas"
 REPLICA_EDGE_BUDGET = 65536
 
 class System(NamedTuple):
-    """What all replicas share: ``species (N,)`` model indices and ``masses (N,)`` amu."""
+    """The atoms: ``species (N,)`` model indices and ``masses (N,)`` amu, shared by all replicas; or,
+    for a mixed batch, ``(R, N)`` arrays (one system per replica) with ``atom_mask (R, N)`` (False: a
+    padding atom; padding atoms need mass 1)."""
 
     species: jax.Array
     masses: jax.Array
+    atom_mask: jax.Array | None = None
+
+    @property
+    def per_replica(self) -> bool:
+        return self.species.ndim == 2
 
 
 class Diagnostics(NamedTuple):
@@ -87,17 +99,27 @@ class Program(NamedTuple):
 def _force_fn(program: Program, params, system: System, axis_name=AXIS):
     field = ForceField(program.module, program.spec)
     spec = program.spec
+    mask = system.atom_mask
 
     def force_fn(positions, cell, nbrs):
-        nbrs = nl.update(positions, cell, nbrs, spec, axis_name=axis_name)
-        return field(params, system.species, positions, cell, nbrs), nbrs
+        nbrs = nl.update(positions, cell, nbrs, spec, axis_name=axis_name, atom_mask=mask)
+        if mask is None:
+            return field(params, system.species, positions, cell, nbrs), nbrs
+        return field(params, system.species, positions, cell, nbrs, atom_mask=mask), nbrs
 
     return force_fn
 
 
-def _frame(state: MDState, masses, full_pbc: bool) -> dict:
+def _atom_count(system: System):
+    """Real atoms of one replica (a traced number for a padded mixed-batch system)."""
+    if system.atom_mask is None:
+        return system.masses.shape[0]
+    return jnp.sum(system.atom_mask).astype(system.masses.dtype)
+
+
+def _frame(state: MDState, masses, full_pbc: bool, n=None) -> dict:
     ke = kinetic_energy(state.momenta, masses)
-    n = masses.shape[0]
+    n = masses.shape[0] if n is None else n
     if full_pbc:
         pressure = instantaneous_pressure(state.momenta, masses, state.stress, state.cell) / BAR
     else:
@@ -140,16 +162,18 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
     force_fn = _force_fn(program, params, system)
     max_t, min_d = limits["max_temperature"], limits["min_distance"]
     n = system.masses.shape[0]
+    n_real = _atom_count(system)
     full_pbc = all(spec.pbc)
+    mask_kw = {} if system.atom_mask is None else {"atom_mask": system.atom_mask}
 
     def advance(state, diag, refresh):
         c = dict(cond, dt=jnp.where(refresh, jnp.zeros_like(cond["dt"]), cond["dt"]))
-        _, apply_fn = integrator_for(program.ensemble, force_fn, system.masses, c)
+        _, apply_fn = integrator_for(program.ensemble, force_fn, system.masses, c, **mask_kw)
         running = state.status == RUNNING
         new, out = apply_fn(state)
         new = new._replace(step=jnp.where(refresh, state.step, new.step),
                            key=jnp.where(refresh, state.key, new.key))
-        t = 2.0 * kinetic_energy(new.momenta, system.masses) / (3.0 * n * KB)
+        t = 2.0 * kinetic_energy(new.momenta, system.masses) / (3.0 * n_real * KB)
         finite = (
             jnp.isfinite(new.energy) & jnp.all(jnp.isfinite(new.positions))
             & jnp.all(jnp.isfinite(new.forces)) & jnp.all(jnp.isfinite(new.momenta))
@@ -191,7 +215,8 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
         state, diag = carry
         obs = {}
         if program.observables is not None:
-            graph = ForceField(program.module, spec).graph(system.species, state.positions, state.cell, state.neighbors)
+            graph = ForceField(program.module, spec).graph(system.species, state.positions, state.cell, state.neighbors,
+                                                           **mask_kw)
             obs = dict(program.observables(params, graph, extra))
             # per-atom observables lose the padding atom
             obs = {k: (v[:n] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n + 1 else v) for k, v in obs.items()}
@@ -202,7 +227,7 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
                     status=jnp.where(stop_now, STOP_OBSERVABLE, state.status).astype(jnp.int32),
                     stop_value=jnp.where(stop_now, jnp.nan, state.stop_value).astype(state.stop_value.dtype),
                 )
-        return (state, diag), (_frame(state, system.masses, full_pbc), obs)
+        return (state, diag), (_frame(state, system.masses, full_pbc, n_real), obs)
 
     (state, diag), (frames, obs) = jax.lax.scan(record, (state, _zero_diag()), jnp.arange(program.n_records))
     return state, frames, obs, diag
@@ -210,19 +235,30 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
 
 def segment_fn(program: Program):
     """The pure segment of all replicas: ``fn(params, system, state, cond, limits, extra)
-    -> (state, frames, observables, diagnostics)``; frames are ``(R, F, ...)``."""
+    -> (state, frames, observables, diagnostics)``; frames are ``(R, F, ...)``.
+
+    ``cond`` entries: scalars (all replicas) or ``(R,)`` (per replica); ``system``: shared, or per
+    replica (:attr:`System.per_replica`, a mixed batch)."""
 
     def fn(params, system, state, cond, limits, extra):
-        def one(s, group=0):
-            return jax.vmap(lambda s: _replica_segment(program, params, system, s, cond, limits, extra, group),
-                            axis_name=AXIS)(s)
-
         r = state.positions.shape[0]
+        cond = {k: jnp.broadcast_to(v, (r,)) for k, v in cond.items()}
+        shared = not system.per_replica
+        batched = (state, cond, None if shared else system)
+
+        def one(b, group=0):
+            s, c, sy = b
+
+            def rep(s, c, sy):
+                return _replica_segment(program, params, system if sy is None else sy, s, c, limits, extra, group)
+
+            return jax.vmap(rep, axis_name=AXIS)(s, c, sy)
+
         b = _largest_divisor_at_most(r, program.replica_batch) if program.replica_batch else r
         if b >= r:
-            return one(state)
+            return one(batched)
         # groups of b replicas, one after another: bounded temporaries (cache- and allocator-friendly on CPU)
-        grouped = jax.tree_util.tree_map(lambda x: x.reshape((r // b, b) + x.shape[1:]), state)
+        grouped = jax.tree_util.tree_map(lambda x: x.reshape((r // b, b) + x.shape[1:]), batched)
         out = jax.lax.map(lambda gs: one(gs[1], gs[0]), (jnp.arange(r // b), grouped))
         return jax.tree_util.tree_map(lambda x: x.reshape((r,) + x.shape[2:]), out)
 

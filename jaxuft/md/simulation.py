@@ -6,6 +6,13 @@
 >>> sim.save(state, "out/state.npz")                          # self-describing
 >>> sim2, state = Simulation.restore("out/state.npz", potential)  # continues exactly
 
+Mixed batches and replica exchange::
+
+>>> state = sim.init([paper_frame, water_box, cu_slab], seed=0)   # one padded program, one system per replica
+>>> state, traj = sim.run(state, params, n_steps=1000, record_every=10)
+>>> traj.system(1).atoms(0)                                      # frames of the water box, trimmed
+>>> sim = Simulation(pot, Langevin(1.0, temperature=[300, 340, 390, 450]), replica_exchange=100)
+
 How a run works:
 
 * A segment is run in *chunks* of at most ``chunk_steps`` steps (a divisor of the
@@ -18,6 +25,22 @@ How a run works:
   closer than a minimum distance, or a user stop predicate on observables): the
   replica keeps its last good state, is frozen, and the reason is reported.
 * The replica axis is sharded over the available devices.
+* **Per-replica conditions**: the ensemble's timestep, temperature, pressure, friction and
+  periods may be one value per replica (:mod:`~jaxuft.md.ensembles`); they are runtime
+  ``(R,)`` arrays, so changing them compiles nothing.
+* **Mixed batches**: ``init([atoms_a, atoms_b, ...])`` with different compositions or sizes
+  pads every system to a common atom count (a size bucket) and runs them as one program; each
+  system keeps its own neighbour-capacity accounting (``report["systems"]``); the compiled
+  capacities are the largest of the systems' (rounded to buckets), so batches whose sizes
+  fall in the same buckets reuse the compiled program.  Frames are trimmed per system
+  (:meth:`Trajectory.system <jaxuft.md.trajectory.Trajectory.system>`).
+* **Replica exchange** (``replica_exchange=every``): after every ``every`` steps neighbouring
+  temperatures (alternately even and odd pairs of the sorted ladder) attempt a swap of their
+  configurations with the Metropolis probability ``min(1, exp((b_i - b_j)(U_i - U_j) +
+  (b_i P_i - b_j P_j)(V_i - V_j)))``; an accepted swap rescales the momenta (and thermostat
+  momenta) by ``sqrt(T_new / T_old)``.  Replica ``r`` always runs at temperature ``T_r``;
+  ``report["replica_exchange"]`` has attempts, acceptances and mean acceptance probability per
+  neighbour pair, and which starting configuration each replica now holds (``walkers``).
 
 :meth:`Simulation.initial_state` and :meth:`Simulation.segment` are the pure,
 differentiable building blocks (no host checks); ``remat=True`` rematerialises
@@ -48,7 +71,7 @@ from .segment import (
 from .state import RUNNING, STATUS_KEYS, STATUS_NAMES, MDState, structure_fingerprint
 from .ticker import ChunkProgress
 from .trajectory import Trajectory
-from .units import KB
+from .units import BAR, KB
 
 
 @dataclass(frozen=True)
@@ -65,7 +88,7 @@ class Safety:
     def limits(self, ensemble: Ensemble) -> tuple[float, float]:
         t = self.max_temperature
         if t is None:
-            t = 10.0 * ensemble.temperature if ensemble.temperature else 10_000.0
+            t = 10.0 * ensemble.max_temperature if ensemble.max_temperature else 10_000.0
         if not (t > 0 and math.isfinite(t)):
             raise MDInputError(f"max_temperature must be a positive number of K, got {t!r}")
         if not (self.min_distance >= 0 and math.isfinite(self.min_distance)):
@@ -104,6 +127,8 @@ class Simulation:
                  ``0``: all replicas in one group.
     capacity, model_capacity, images: initial neighbour-list sizes (default: from the
                  starting structures with ``headroom``); they grow automatically on overflow
+    replica_exchange: steps between replica-exchange (parallel tempering) attempts over the
+                 ensemble's per-replica temperatures (None: off); runs are chunked at these steps
     """
 
     def __init__(
@@ -124,6 +149,7 @@ class Simulation:
         capacity: int | None = None,
         model_capacity: int | None = None,
         images: tuple | None = None,
+        replica_exchange: int | None = None,
     ):
         if not (skin > 0 and math.isfinite(skin)):
             raise MDInputError(f"skin must be a positive distance in Å, got {skin!r}")
@@ -145,6 +171,15 @@ class Simulation:
         if replica_batch is not None and (int(replica_batch) != replica_batch or replica_batch < 0):
             raise MDInputError(f"replica_batch must be a non-negative integer or None, got {replica_batch!r}")
         self.replica_batch = replica_batch
+        if replica_exchange is not None:
+            if int(replica_exchange) != replica_exchange or replica_exchange < 1:
+                raise MDInputError(f"replica_exchange must be a number of steps >= 1 or None, got {replica_exchange!r}")
+            if not self.ensemble.has_temperature:
+                raise MDInputError("replica exchange swaps temperatures: use a thermostatted ensemble "
+                                   "(nvt-langevin, nvt-nh, npt) with one temperature per replica")
+            replica_exchange = int(replica_exchange)
+        self.replica_exchange = replica_exchange
+        self.exchange_stats: dict | None = None  # cumulative, saved with the state
         self._initial_sizes = (capacity, model_capacity, None if images is None else tuple(int(i) for i in images))
         self.dtype = potential.dtype
         self.spec: nl.NeighborSpec | None = None
@@ -157,6 +192,8 @@ class Simulation:
         self.restarted_from: dict | None = None  # set by restore()
         self.saved_description: dict | None = None  # the file's description, set by restore()
         self.regrows = 0
+        self.sizes: list[int] | None = None  # atoms per replica of a mixed batch (None: one system)
+        self.system_capacity: list[dict] | None = None  # per-system neighbour accounting of a mixed batch
 
     # ------------------------------------------------------------------ pure functions
     def program(self, n_records: int, record_every: int, spec=None, ticks: bool = False) -> Program:
@@ -180,9 +217,19 @@ class Simulation:
             return 0
         return max(1, REPLICA_EDGE_BUDGET // max(1, spec.model_capacity))
 
-    def conditions(self) -> dict:
-        """Runtime scalars of the current ensemble (ASE units)."""
-        return self.ensemble.conditions(self.dtype)
+    @property
+    def mixed(self) -> bool:
+        """True for a mixed batch (one system per replica, padded to a common size)."""
+        return self.sizes is not None
+
+    @property
+    def n_pad(self) -> int:
+        """Atoms per replica in the compiled program (the system's; a mixed batch: the padded size)."""
+        return int(self.system.masses.shape[-1])
+
+    def conditions(self, replicas: int | None = None) -> dict:
+        """Runtime numbers of the current ensemble (ASE units): scalars, or ``(replicas,)`` arrays."""
+        return self.ensemble.conditions(self.dtype, replicas)
 
     def limits(self) -> dict:
         """Runtime safety limits (K, Å)."""
@@ -211,7 +258,8 @@ class Simulation:
         if n_steps % record_every:
             raise MDInputError(f"n_steps ({n_steps}) must be a multiple of record_every ({record_every})")
         fn = segment_fn(self.program(n_steps // record_every, record_every))
-        return fn(params, self.system, state, self.conditions(), self.limits(), {} if extra is None else extra)
+        cond = self.conditions(state.positions.shape[0] if self.ensemble.per_replica else None)
+        return fn(params, self.system, state, cond, self.limits(), {} if extra is None else extra)
 
     def overflowed(self, diag: Diagnostics, spec=None) -> bool:
         """Host check: did any replica exceed a capacity or need more images?"""
@@ -278,26 +326,30 @@ class Simulation:
         return numbers, pbc
 
     def _host_counts(self, frames, pbc):
-        """Pair counts and image needs of the starting structures; raises on overlapping atoms."""
+        """Pair counts and image needs of the starting structures (the largest); raises on overlapping atoms."""
+        counts, model_counts, images = self._host_counts_each(frames, pbc)
+        return max(counts), max(model_counts), tuple(int(i) for i in np.max(images, axis=0))
+
+    def _host_counts_each(self, frames, pbc):
+        """Per structure: pairs within cutoff + skin, pairs within cutoff, images needed ``(S, 3)``."""
         from ..neighbors import neighbor_list
 
         cutoff, list_cutoff = self.potential.cutoff, self.potential.cutoff + self.skin
         _, min_d = self.safety.limits(self.ensemble)
         limit = max(min_d, MIN_DISTANCE)
-        count = model_count = 0
-        images = np.zeros(3, int)
+        counts, model_counts, images = [], [], []
         for k, a in enumerate(frames):
             label = f"structure {k}" if len(frames) > 1 else "structure"
             snd, rcv, _, d = neighbor_list(a, list_cutoff)
             check_overlaps(snd, rcv, d, label, min_distance=limit)  # Safety.min_distance
-            count = max(count, len(d))
-            model_count = max(model_count, int(np.sum(d < cutoff)))
-            if any(pbc):
-                images = np.maximum(images, nl.images_for(np.asarray(a.get_cell()), pbc, list_cutoff))
-        return count, model_count, tuple(int(i) for i in images)
+            counts.append(len(d))
+            model_counts.append(int(np.sum(d < cutoff)))
+            images.append(nl.images_for(np.asarray(a.get_cell()), pbc, list_cutoff) if any(pbc) else (0, 0, 0))
+        return counts, model_counts, np.asarray(images, int).reshape(-1, 3)
 
     def _setup(self, numbers, pbc, masses, cell0, spec: nl.NeighborSpec) -> None:
         """Fix the system (numbers, masses, first cell) and the neighbour capacities."""
+        self.sizes = self.system_capacity = None
         self.numbers = np.asarray(numbers)
         self.pbc = tuple(bool(p) for p in pbc)
         self.masses = np.asarray(masses, np.float64)
@@ -308,24 +360,68 @@ class Simulation:
         self.spec = spec
         self._cell0 = jax.device_put(np.asarray(cell0, self.dtype))
 
+    def _setup_mixed(self, numbers: list, pbc, masses: list, cells, spec: nl.NeighborSpec, system_capacity) -> None:
+        """Fix a mixed batch: per-replica numbers/masses padded to a common size bucket, cells, capacities."""
+        from ..graph import bucket_size
+
+        sizes = [len(z) for z in numbers]
+        n_pad = bucket_size(max(sizes))
+        r = len(sizes)
+        z = np.zeros((r, n_pad), np.int64)
+        m = np.ones((r, n_pad), np.float64)  # padding atoms: mass 1 (never moves: no force, no momentum)
+        mask = np.zeros((r, n_pad), bool)
+        species = np.zeros((r, n_pad), np.int32)
+        for k, (zk, mk) in enumerate(zip(numbers, masses)):
+            n = len(zk)
+            z[k, :n], m[k, :n], mask[k, :n] = zk, mk, True
+            species[k, :n] = self.potential.species_map(np.asarray(zk))
+        self.numbers, self.masses, self.sizes = z, m, sizes
+        self.pbc = tuple(bool(p) for p in pbc)
+        self.system = System(species=jax.device_put(species), masses=jax.device_put(np.asarray(m, self.dtype)),
+                             atom_mask=jax.device_put(mask))
+        self.spec = spec
+        self.system_capacity = [dict(c) for c in system_capacity]
+        self._cell0 = jax.device_put(np.asarray(cells, self.dtype))
+
+    def _check_mixed(self, frames: Sequence[Atoms]):
+        """Validate the systems of a mixed batch (any compositions and sizes; one pbc for all)."""
+        pbc = tuple(bool(p) for p in frames[0].get_pbc())
+        for k, a in enumerate(frames):
+            if tuple(bool(p) for p in a.get_pbc()) != pbc:
+                raise MDInputError(
+                    f"structure {k} has pbc {a.get_pbc().tolist()} but structure 0 has {list(pbc)}; the systems of a "
+                    "mixed batch share one pbc: give a slab or molecule a cell with vacuum and pbc=True")
+            self._check_structures([a])
+        return pbc
+
     def init(
         self,
         structures: Atoms | Sequence[Atoms],
         replicas: int | None = None,
         seed: int = 0,
-        temperature: float | None = None,
+        temperature=None,
     ) -> MDState:
         """Validate the starting structure(s) and build the initial state of all replicas.
 
-        ``structures``: one ``Atoms`` (copied to every replica) or one per replica (same
-        composition and atom order).  Momenta: ``temperature`` (K) given -> Maxwell–Boltzmann
-        with a per-replica seed and zero total momentum; else the structure's momenta if any
-        are non-zero; else Maxwell–Boltzmann at the ensemble temperature (zero for NVE).
-        Nothing is compiled here; errors in the input are raised before any compilation.
+        ``seed``: an integer, or one per replica (a replica seeded ``s`` draws what a one-replica run
+        with ``seed=s`` draws: its system's trajectory in a mixed batch equals the system's run alone).
+        ``structures``: one ``Atoms`` (copied to every replica) or one per replica.  Replicas of
+        the same composition and atom order form an ordinary ensemble; structures that differ in
+        composition or size form a *mixed batch* (one system per replica, padded to a common size
+        bucket, one compiled program).  Momenta: ``temperature`` (K, or one per replica) given ->
+        Maxwell–Boltzmann with a per-replica seed and zero total momentum; else the structure's
+        momenta if any are non-zero; else Maxwell–Boltzmann at the ensemble temperature(s) (zero for
+        NVE).  Nothing is compiled here; errors in the input are raised before any compilation.
         """
         frames = [structures] if isinstance(structures, Atoms) else list(structures)
         if not frames:
             raise MDInputError("no starting structure given")
+        if len(frames) > 1 and any(not np.array_equal(a.get_atomic_numbers(), frames[0].get_atomic_numbers())
+                                   for a in frames[1:]):
+            if replicas not in (None, len(frames)):
+                raise MDInputError(f"{len(frames)} different systems given for {replicas} replicas: a mixed batch "
+                                   "runs one replica per structure (repeat a structure for more replicas)")
+            return self._init_mixed(frames, seed, temperature)
         if replicas is None:
             replicas = len(frames)
         if replicas < 1:
@@ -334,8 +430,8 @@ class Simulation:
             frames = frames * replicas
         elif len(frames) != replicas:
             raise MDInputError(f"{len(frames)} structures given for {replicas} replicas; give one or one per replica")
-        if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 1e5):
-            raise MDInputError(f"initial temperature must be in [0, 1e5] K, got {temperature!r}")
+        self.ensemble.check_replicas(replicas)
+        temps = self._initial_temperatures(temperature, replicas)
         numbers, pbc = self._check_structures(frames)
         count, model_count, images = self._host_counts(frames, pbc)
 
@@ -352,24 +448,78 @@ class Simulation:
         positions = np.stack([a.get_positions() for a in frames])
         cells = np.stack([np.asarray(a.get_cell()) if any(pbc) else np.zeros((3, 3)) for a in frames])
         self._setup(numbers, pbc, masses, cells[0], spec)
-        self.seed = int(seed)
+        self.seed = _seed_value(seed)
         self.fingerprint = structure_fingerprint(numbers, positions, cells, pbc)
         self.restarted_from = None
 
-        keys = np.stack([np.random.SeedSequence([int(seed), r]).generate_state(4, np.uint32).reshape(2, 2)
-                         for r in range(replicas)])
-        t0 = temperature
-        if t0 is None:
-            given = np.stack([a.get_momenta() for a in frames])
-            if np.any(given != 0):
-                momenta = given
-            else:
-                t0 = self.ensemble.temperature or 0.0
-        if t0 is not None:
-            momenta = np.stack([maxwell_boltzmann(None, masses, t0, seed=keys[r, 0]) for r in range(replicas)])
+        self.exchange_stats = None
+        keys = _replica_keys(seed, replicas)
+        momenta = self._initial_momenta(frames, [masses] * replicas, temps, keys)
         state = initial_state(positions, momenta, cells, keys[:, 1], self.spec, self.ensemble.chain_length,
                               dtype=self.dtype, xp=np)
         return self._place(jax.device_put(state))  # device_put compiles nothing (jnp.asarray would)
+
+    def _initial_temperatures(self, temperature, replicas: int):
+        """Per-replica initial temperatures (K) given explicitly, or None (the structures' momenta / ensemble)."""
+        if temperature is None:
+            return None
+        t = np.broadcast_to(np.asarray(temperature, np.float64), (replicas,)) if np.ndim(temperature) == 0 or \
+            len(np.ravel(temperature)) == replicas else None
+        if t is None:
+            raise MDInputError(f"give one initial temperature or one per replica ({replicas}), got {temperature!r}")
+        if not np.all(np.isfinite(t) & (t >= 0) & (t <= 1e5)):
+            raise MDInputError(f"initial temperature must be in [0, 1e5] K, got {temperature!r}")
+        return t
+
+    def _initial_momenta(self, frames, masses, temps, keys) -> np.ndarray:
+        """Momenta (R, N, 3): Maxwell–Boltzmann at ``temps`` (or the ensemble's temperatures when no
+        structure has momenta), else the structures' own."""
+        replicas = len(frames)
+        if temps is None:
+            given = [a.get_momenta() for a in frames]
+            if any(np.any(g != 0) for g in given):
+                return given
+            temps = np.nan_to_num(self.ensemble.values("temperature", replicas), nan=0.0)
+        return [maxwell_boltzmann(None, masses[r], float(temps[r]), seed=keys[r, 0]) for r in range(replicas)]
+
+    def _init_mixed(self, frames, seed, temperature) -> MDState:
+        """:meth:`init` of a mixed batch: one replica per structure, padded to a common atom count."""
+        r = len(frames)
+        self.ensemble.check_replicas(r)
+        temps = self._initial_temperatures(temperature, r)
+        pbc = self._check_mixed(frames)
+        counts, model_counts, images = self._host_counts_each(frames, pbc)
+        cap0, mcap0, img0 = self._initial_sizes
+        own = [{"capacity": nl.capacity_for(c, self.headroom),
+                "model_capacity": nl.model_capacity_for(mc, self.model_headroom),
+                "images": [int(i) for i in im], "regrows": 0}
+               for c, mc, im in zip(counts, model_counts, images)]
+        spec = nl.NeighborSpec(
+            cutoff=float(self.potential.cutoff), skin=self.skin,
+            capacity=int(cap0) if cap0 else max(c["capacity"] for c in own),
+            model_capacity=int(mcap0) if mcap0 else max(c["model_capacity"] for c in own),
+            images=tuple(i if p else 0 for i, p in zip(img0, pbc)) if img0 is not None
+            else tuple(int(i) for i in np.max(images, axis=0)),
+            pbc=pbc,
+        )
+        cells = np.stack([np.asarray(a.get_cell()) if any(pbc) else np.zeros((3, 3)) for a in frames])
+        self._setup_mixed([a.get_atomic_numbers() for a in frames], pbc, [a.get_masses() for a in frames], cells,
+                          spec, own)
+        self.seed = _seed_value(seed)
+        self.fingerprint = _mixed_fingerprint(frames, pbc)
+        self.restarted_from = None
+        self.exchange_stats = None
+        n_pad = self.n_pad
+        keys = _replica_keys(seed, r)
+        momenta = self._initial_momenta(frames, [a.get_masses() for a in frames], temps, keys)
+        positions = np.zeros((r, n_pad, 3))
+        mom = np.zeros((r, n_pad, 3))
+        for k, a in enumerate(frames):
+            positions[k, :len(a)] = a.get_positions()
+            mom[k, :len(a)] = momenta[k]
+        state = initial_state(positions, mom, cells, keys[:, 1], self.spec, self.ensemble.chain_length,
+                              dtype=self.dtype, xp=np)
+        return self._place(jax.device_put(state))
 
     def _params(self, params):
         """Params in the MD dtype, on device, without compiling anything for already-right leaves."""
@@ -398,7 +548,7 @@ class Simulation:
 
     def _conform(self, state: MDState) -> MDState:
         """Adapt a state (e.g. restored, or from another ensemble) to the current capacities/chain."""
-        n = len(self.numbers)
+        n = self.n_pad
         cap = state.neighbors.senders.shape[-1]
         if cap > self.spec.capacity:
             self.spec = self.spec._replace(capacity=int(cap))
@@ -417,20 +567,41 @@ class Simulation:
     def _regrow(self, state: MDState, diag: Diagnostics) -> MDState:
         d = jax.device_get(diag)
         spec = self.spec
-        n = len(self.numbers)
+        n = self.n_pad
+        self._account(d)
         count = int(np.max(d.max_count))
         model_count = int(np.max(d.max_model_count))
         images = tuple(int(max(a, b)) for a, b in zip(spec.images, np.max(d.max_images, axis=0)))
         capacity = nl.capacity_for(count, self.headroom) if count > spec.capacity else spec.capacity
         model_capacity = (nl.model_capacity_for(model_count, self.model_headroom)
                           if model_count > spec.model_capacity else spec.model_capacity)
-        limit = n * n * int(np.prod([2 * i + 1 for i in images]))
+        limit = max(self.sizes or [n]) ** 2 * int(np.prod([2 * i + 1 for i in images]))
         if min(capacity, model_capacity) > 2 * limit + 64:
             raise CapacityError(f"neighbour capacity {capacity} exceeds every possible pair ({limit}); "
                                 "the structure is collapsing")
         self.spec = spec._replace(capacity=capacity, model_capacity=model_capacity, images=images)
         self.regrows += 1
         return self._place(state._replace(neighbors=nl.pad_to(state.neighbors, capacity, n)))
+
+    def _account(self, d: Diagnostics) -> None:
+        """Per-system neighbour accounting of a mixed batch: each system's own capacities grow when its own
+        counts pass them (the compiled capacities are the largest of these)."""
+        if not self.mixed:
+            return
+        for r, own in enumerate(self.system_capacity):
+            grew = False
+            if int(d.max_count[r]) > own["capacity"]:
+                own["capacity"] = nl.capacity_for(int(d.max_count[r]), self.headroom)
+                grew = True
+            if int(d.max_model_count[r]) > own["model_capacity"]:
+                own["model_capacity"] = nl.model_capacity_for(int(d.max_model_count[r]), self.model_headroom)
+                grew = True
+            need = [int(max(a, b)) for a, b in zip(own["images"], d.max_images[r])]
+            if need != own["images"]:
+                own["images"], grew = need, True
+            own["regrows"] += int(grew)
+            own["max_pairs"] = max(int(own.get("max_pairs", 0)), int(d.max_count[r]))
+            own["max_model_pairs"] = max(int(own.get("max_model_pairs", 0)), int(d.max_model_count[r]))
 
     def run(
         self,
@@ -464,11 +635,13 @@ class Simulation:
         state = self._place(self._conform(state))
         params = self._params(params)
         extra = {} if extra is None else extra
-        limits, cond = self.limits(), self.conditions()
+        r, n_atoms = state.positions.shape[0], state.positions.shape[1]
+        limits, cond = self.limits(), self.conditions(r)
         n_records = n_steps // record_every
         chunk = _largest_divisor_at_most(n_records, max(1, self.chunk_steps // record_every))
+        if self.replica_exchange:
+            chunk = self._exchange_chunk(n_steps, record_every, r)
         n_chunks = n_records // chunk
-        r, n_atoms = state.positions.shape[0], state.positions.shape[1]
         if progress is None:
             progress = n_chunks > 1
         batch = self._replica_batch(self.spec)
@@ -483,6 +656,7 @@ class Simulation:
         rebuilds = np.zeros(state.positions.shape[0], np.int64)
         start_status = np.asarray(jax.device_get(state.status))
         regrows0 = self.regrows
+        exchange0 = _copy_stats(self.exchange_stats)
         try:
             for _ in range(n_chunks):
                 t_chunk, compiling = time.perf_counter(), 0.0
@@ -504,6 +678,9 @@ class Simulation:
                 compile_wall += compiling
                 chunk_start_status = np.asarray(jax.device_get(state.status))
                 state = new_state
+                self._account(jax.device_get(diag))
+                if self.replica_exchange:
+                    state = self._exchange(state)
                 rebuilds += np.asarray(jax.device_get(diag.rebuilds))
                 frames_parts.append(jax.device_get(frames))
                 obs_parts.append(jax.device_get(obs))
@@ -520,39 +697,185 @@ class Simulation:
         observables = {k: np.concatenate([o[k] for o in obs_parts], axis=1) for k in obs_parts[0]}
         report = self._report(state, n_steps, r, n_atoms, wall, compile_wall, counter, self.regrows - regrows0)
         report["neighbour_rebuilds"] = rebuilds.tolist()
+        if self.replica_exchange:
+            report["replica_exchange"] = {"this_run": exchange_summary(_diff_stats(self.exchange_stats, exchange0)),
+                                          "total": exchange_summary(self.exchange_stats)}
         return state, self._trajectory(data, observables, start_status, report)
 
     def _trajectory(self, data: dict, observables: dict, start_status, report=None) -> Trajectory:
         data = dict(data)
-        data["time"] = data["step"] * self.ensemble.timestep
+        r = data["step"].shape[0]
+        dt = self.ensemble.values("timestep", r)
+        data["time"] = data["step"] * dt[:, None]
         return Trajectory(
             data=data, observables=dict(observables), valid=_valid_frames(data["status"], start_status),
             numbers=self.numbers, masses=np.asarray(self.system.masses), pbc=np.asarray(self.pbc),
-            timestep_fs=self.ensemble.timestep, report=report or {},
+            timestep_fs=dt if self.ensemble.per_replica else float(dt[0]), report=report or {},
+            n_atoms=None if self.sizes is None else np.asarray(self.sizes),
         )
+
+    # ------------------------------------------------------------------ replica exchange
+    def _exchange_chunk(self, n_steps: int, record_every: int, r: int) -> int:
+        """Records per chunk of a replica-exchange run (a chunk ends at every exchange attempt)."""
+        every = self.replica_exchange
+        if self.mixed:
+            raise MDInputError("replica exchange swaps configurations of one system; a mixed batch holds different "
+                               "systems (run each system's temperature ladder as its own Simulation)")
+        if r < 2:
+            raise MDInputError("replica exchange needs at least 2 replicas (one per temperature)")
+        if every % record_every or n_steps % every:
+            raise MDInputError(f"replica_exchange ({every} steps) must be a multiple of record_every ({record_every}) "
+                               f"and divide n_steps ({n_steps})")
+        return every // record_every
+
+    def _exchange(self, state: MDState) -> MDState:
+        """One round of swap attempts between neighbouring temperatures (host side; compiles nothing)."""
+        host = jax.tree_util.tree_map(np.array, jax.device_get(state))
+        r = host.positions.shape[0]
+        temps = self.ensemble.values("temperature", r)
+        if self.exchange_stats is None or len(self.exchange_stats["walkers"]) != r:
+            self.exchange_stats = new_exchange_stats(temps)
+        stats = self.exchange_stats
+        order = np.argsort(temps, kind="stable")
+        stats["temperatures"] = [float(t) for t in temps[order]]
+        pressure = np.nan_to_num(self.ensemble.values("pressure", r)) * BAR if self.ensemble.kind == "npt" \
+            else np.zeros(r)
+        volume = np.abs(np.linalg.det(host.cell.astype(np.float64))) if self.ensemble.kind == "npt" else np.zeros(r)
+        beta = 1.0 / (KB * temps)
+        energy = host.energy.astype(np.float64)
+        rng = np.random.default_rng([*np.ravel(self.seed or 0).astype(int).tolist(), int(stats["rounds"]), 0x5EED])
+        swap_fields = [f for f in MDState._fields if f not in ("key", "step", "status", "stop_value")]
+        scaled = ("momenta", "thermostat_momentum", "barostat_momentum", "box_momentum")
+        for i in range(stats["rounds"] % 2, r - 1, 2):
+            a, b = int(order[i]), int(order[i + 1])
+            u = rng.random()  # drawn for every pair, so the stream does not depend on the outcomes
+            if host.status[a] != RUNNING or host.status[b] != RUNNING:
+                continue
+            delta = (beta[a] - beta[b]) * (energy[a] - energy[b]) + \
+                (beta[a] * pressure[a] - beta[b] * pressure[b]) * (volume[a] - volume[b])
+            prob = 1.0 if delta >= 0 else math.exp(delta)
+            stats["attempts"][i] += 1
+            stats["probability_sum"][i] += prob
+            if u < prob:
+                stats["accepted"][i] += 1
+                for name in swap_fields:
+                    arr = getattr(host, name)
+                    if name == "neighbors":
+                        for sub in arr:
+                            sub[[a, b]] = sub[[b, a]]
+                        continue
+                    arr[[a, b]] = arr[[b, a]]
+                    if name in scaled:
+                        arr[a] = (arr[a] * math.sqrt(temps[a] / temps[b])).astype(arr.dtype)
+                        arr[b] = (arr[b] * math.sqrt(temps[b] / temps[a])).astype(arr.dtype)
+                w = stats["walkers"]
+                w[a], w[b] = w[b], w[a]
+        stats["rounds"] += 1
+        return self._place(jax.device_put(host))
 
     def _report(self, state, n_steps, r, n_atoms, wall, compile_wall, counter, regrows) -> dict:
         status = np.asarray(jax.device_get(state.status))
         steps = np.asarray(jax.device_get(state.step))
         values = np.asarray(jax.device_get(state.stop_value))
         compute = max(wall - compile_wall, 1e-12)
-        return {
+        total_atoms = sum(self.sizes) if self.mixed else r * n_atoms  # real atoms (padding excluded)
+        out = {}
+        if self.mixed:
+            out["systems"] = [{"atoms": n, **c} for n, c in zip(self.sizes, self.system_capacity)]
+            out["padded_atoms"] = n_atoms
+        return out | {
             "ensemble": self.ensemble.describe(),
             "n_steps": n_steps,
             "replicas": r,
-            "atoms": n_atoms,
+            "atoms": list(self.sizes) if self.mixed else n_atoms,
             "wall_s": wall,
             "compile_s": compile_wall,  # tracing + lowering + XLA compilation of new segment programs
             "xla_compile_s": counter.seconds,
             "compilations": counter.count,
-            "atom_steps_per_s": n_steps * r * n_atoms / compute,
-            "atom_steps_per_s_incl_compile": n_steps * r * n_atoms / max(wall, 1e-12),
+            "atom_steps_per_s": n_steps * total_atoms / compute,
+            "atom_steps_per_s_incl_compile": n_steps * total_atoms / max(wall, 1e-12),
             "capacity_regrows": regrows,
             "capacity": self.spec.capacity,
             "model_capacity": self.spec.model_capacity,
             "images": list(self.spec.images),
             "stops": stop_reasons(status, steps, values),
         }
+
+
+def _replica_keys(seed, replicas: int) -> np.ndarray:
+    """``(R, 2, 2)`` uint32: per replica a momentum seed and the PRNG key of its Langevin noise.
+
+    ``seed``: one integer (replica ``r`` draws from ``(seed, r)``) or one per replica (replica ``r``
+    draws from ``(seed[r], 0)``: the numbers a one-replica run with that seed draws)."""
+    if np.ndim(seed) == 0:
+        entropy = [[int(seed), r] for r in range(replicas)]
+    else:
+        seeds = [int(x) for x in np.ravel(seed)]
+        if len(seeds) != replicas:
+            raise MDInputError(f"give one seed or one per replica ({replicas}), got {len(seeds)} seeds")
+        entropy = [[x, 0] for x in seeds]
+    return np.stack([np.random.SeedSequence(e).generate_state(4, np.uint32).reshape(2, 2) for e in entropy])
+
+
+def _seed_value(seed):
+    """The seed as stored in saved states: an int, or a list of per-replica ints."""
+    if np.ndim(seed) == 0:
+        if int(seed) < 0:
+            raise MDInputError(f"seed must be >= 0, got {seed!r}")
+        return int(seed)
+    seeds = [int(x) for x in np.ravel(seed)]
+    if min(seeds) < 0:
+        raise MDInputError(f"seeds must be >= 0, got {seeds!r}")
+    return seeds
+
+
+def _mixed_fingerprint(frames, pbc) -> str:
+    """sha256 over the systems of a mixed batch (each system's :func:`structure_fingerprint`)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in frames:
+        cell = np.asarray(a.get_cell()) if any(pbc) else np.zeros((3, 3))
+        h.update(structure_fingerprint(a.get_atomic_numbers(), a.get_positions(), cell, pbc).encode())
+    return h.hexdigest()
+
+
+def new_exchange_stats(temperatures) -> dict:
+    """Empty replica-exchange statistics for a temperature ladder (per neighbour pair of the sorted ladder)."""
+    t = sorted(float(x) for x in np.ravel(temperatures))
+    n = max(len(t) - 1, 0)
+    return {"temperatures": t, "attempts": [0] * n, "accepted": [0] * n, "probability_sum": [0.0] * n,
+            "rounds": 0, "walkers": list(range(len(t)))}
+
+
+def _copy_stats(stats):
+    return None if stats is None else {k: (list(v) if isinstance(v, list) else v) for k, v in stats.items()}
+
+
+def _diff_stats(now, before):
+    """The statistics gathered between two snapshots."""
+    if now is None:
+        return None
+    if before is None or len(before["attempts"]) != len(now["attempts"]):
+        return now
+    out = _copy_stats(now)
+    for k in ("attempts", "accepted", "probability_sum"):
+        out[k] = [x - y for x, y in zip(now[k], before[k])]
+    out["rounds"] = now["rounds"] - before["rounds"]
+    return out
+
+
+def exchange_summary(stats) -> dict | None:
+    """Per neighbour pair ``T_i-T_j``: attempts, accepted, acceptance ratio and mean Metropolis probability;
+    plus rounds and ``walkers`` (which starting configuration each replica holds)."""
+    if stats is None:
+        return None
+    t = stats["temperatures"]
+    pairs = []
+    for i, (n, k, p) in enumerate(zip(stats["attempts"], stats["accepted"], stats["probability_sum"])):
+        pairs.append({"pair": [t[i], t[i + 1]], "attempts": int(n), "accepted": int(k),
+                      "acceptance": k / n if n else None, "mean_probability": p / n if n else None})
+    return {"rounds": int(stats["rounds"]), "pairs": pairs, "walkers": list(stats["walkers"])}
 
 
 def _valid_frames(status: np.ndarray, start_status: np.ndarray) -> np.ndarray:
