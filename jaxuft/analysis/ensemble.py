@@ -17,6 +17,8 @@ For a series ``x`` of shape ``(R, F)`` (replicas, frames) or ``(F,)``:
   periodic cells, pressure (bar), volume (Å³/atom) and density (g/cm³), plus g(r) with an error
   band per bin, from a :class:`jaxuft.md.Trajectory` (one system; a mixed run: per system).
 * :func:`plot_statistics` -- time series with mean ± error and g(r) with its band (PNG).
+* :func:`run_statistics` -- the above per system (mixed batch), per replica (per-replica
+  conditions) or over all replicas; what ``jaxuft md`` puts in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "autocorrelation", "blocking_error", "integrated_time", "observable_stats", "plot_statistics",
-    "trajectory_statistics", "UNITS",
+    "autocorrelation", "blocking_error", "format_statistics", "integrated_time", "json_statistics",
+    "observable_stats", "plot_statistics", "run_statistics", "trajectory_statistics", "UNITS",
 ]
 
 #: units of the observables of :func:`trajectory_statistics`
@@ -186,8 +188,11 @@ def trajectory_statistics(traj, discard: float = 0.2, rdf: bool = True, rdf_pair
     shortest cell width, at most 6 Å; non-periodic: 6 Å)."""
     if not 0.0 <= discard < 1.0:
         raise ValueError(f"discard must be a fraction in [0, 1), got {discard!r}")
+    if getattr(traj, "mixed", False) and traj.n_replicas > 1:
+        raise ValueError("a mixed batch holds different systems: use trajectory_statistics(traj.system(r)) per system "
+                         "or run_statistics(traj)")
     series, rows, first = _series(traj, discard)
-    dt = float(traj.timestep_fs) * _record_every(traj)
+    dt = float(np.ravel(np.asarray(traj.timestep_fs, np.float64))[0]) * _record_every(traj)
     obs = {}
     for name, x in series.items():
         if x.shape[1] < 2:
@@ -274,3 +279,43 @@ def plot_statistics(traj, stats: dict, path, title: str | None = None) -> Path:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def run_statistics(traj, per_replica: bool = False, discard: float = 0.2, rdf: bool = True, rdf_frames: int = 20,
+                   plot_dir=None) -> dict:
+    """Statistics of an MD run, grouped so that only replicas of one system and one condition are pooled:
+    a mixed batch per system, per-replica conditions (e.g. a temperature ladder) per replica, else all
+    replicas together.  ``{group: trajectory_statistics | {"skipped": reason}}``; with ``plot_dir`` each
+    group's figure is written there as ``statistics_<group>.png`` (its path in ``"plot"``)."""
+    from ase import Atoms
+
+    groups = {}
+    if getattr(traj, "mixed", False) or per_replica:
+        for r in range(traj.n_replicas):
+            one = traj.system(r)
+            groups[f"replica_{r:03d}_{Atoms(numbers=one.numbers).get_chemical_formula()}"] = one
+    else:
+        groups["all_replicas"] = traj
+    out = {}
+    for name, t in groups.items():
+        try:
+            stats = trajectory_statistics(t, discard=discard, rdf=rdf, rdf_frames=rdf_frames)
+        except ValueError as exc:  # too few frames, all replicas stopped, ...
+            out[name] = {"skipped": str(exc)}
+            continue
+        if plot_dir is not None:
+            stats["plot"] = str(plot_statistics(t, stats, Path(plot_dir) / f"statistics_{name}.png", title=name))
+        out[name] = stats
+    return out
+
+
+def json_statistics(stats: dict) -> dict:
+    """:func:`run_statistics` without the g(r) arrays' bulk: numbers and lists only (for summary.json)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, np.ndarray):
+            return [float(x) for x in v]
+        return v
+
+    return clean(stats)

@@ -8,8 +8,12 @@
 writes ``replica_000.extxyz`` ... (one trajectory per replica, ASE-readable with
 energy/forces/stress), ``trajectory.npz`` (all frames, compact), ``state.npz`` (the
 self-describing state after the last finished chunk) and, at the end, ``summary.json``
-(atom-steps/s, compile time, compilations, capacity regrowths, stop reasons, and whether
-the run was a restart and from what).  An output directory holding another run is refused
+(atom-steps/s, compile time, compilations, capacity regrowths, stop reasons, whether
+the run was a restart and from what, ensemble statistics: mean ± autocorrelation-aware error
+of energy, temperature, pressure, density and g(r), plotted in ``statistics_*.png``, and the
+replica-exchange acceptance per temperature pair).  Several frames of different compositions
+(``--index :``) run as one mixed batch, one replica per frame; ``--temperatures 300 350 400
+--replica-exchange 100`` runs a temperature ladder with replica exchange.  An output directory holding another run is refused
 unless ``--overwrite`` (clears it) or ``--resume``.  Settings may come from ``--config FILE``
 (YAML/TOML/JSON of the flags below, underscores for dashes); flags override it.
 ``--model morse`` is a built-in toy Morse potential for quick tries.
@@ -94,7 +98,9 @@ def _read_structures(path: str, index: str):
 def _config_from_description(desc: dict) -> dict:
     """MDConfig fields of a state saved by the library (no CLI bookkeeping in it)."""
     e, s = desc["ensemble"], desc["safety"]
-    cfg = dict(ensemble=e["kind"], timestep=e["timestep"], temperature=e["temperature"], pressure=e["pressure"],
+    ladder = e["temperature"] if isinstance(e["temperature"], list) else None
+    cfg = dict(ensemble=e["kind"], timestep=e["timestep"], temperature=ladder[0] if ladder else e["temperature"],
+               temperatures=ladder, replica_exchange=desc["settings"].get("replica_exchange"), pressure=e["pressure"],
                friction=e["friction"], tau_t=e["tau_t"], tau_p=e["tau_p"], dtype=desc["dtype"],
                skin=desc["settings"]["skin"], replicas=desc["replicas"], max_temperature=s["max_temperature"],
                min_distance=s["min_distance"], seed=desc.get("seed") or 0)
@@ -194,7 +200,7 @@ def run_cli(args) -> int:
     model = args.model or saved_extra.get("model")
     if not model:
         raise MDInputError("--model is required (a model directory, zoo name, or 'morse')")
-    replicas = cfg.replicas
+    replicas = cfg.n_replicas
     if mode == "fresh":
         if len(frames) > 1 and replicas not in (1, len(frames)):
             raise MDInputError(f"{len(frames)} frames selected for {replicas} replicas; give one frame or one per replica")
@@ -207,7 +213,12 @@ def run_cli(args) -> int:
         if mode != "resume" and claimed.resumed:  # --resume, but no chunk finished: start from scratch
             for p in [out / TRAJECTORY_NAME, out / SUMMARY_NAME, *out.glob("replica_*.extxyz")]:
                 p.unlink(missing_ok=True)
-        numbers = frames[0].get_atomic_numbers() if frames is not None else desc["numbers"]
+        import numpy as np
+
+        if frames is not None:
+            numbers = np.concatenate([f.get_atomic_numbers() for f in frames])
+        else:
+            numbers = desc["numbers"] or [z for zs in desc["mixed"]["numbers"] for z in zs]
         if model == "morse":
             potential = builtin_morse(numbers, cfg.dtype)
         else:
@@ -268,6 +279,7 @@ def run_cli(args) -> int:
                       f"is saved in {out / STATE_NAME}; continue with: jaxuft md --resume -o {out}", file=sys.stderr)
                 return 130
         wall = time.perf_counter() - t0
+        statistics = _statistics(writer.trajectory(), sim, out)
         summary = {
             "model": model,
             "structure": book["structure"],
@@ -276,7 +288,7 @@ def run_cli(args) -> int:
             **sim.ensemble.describe(),
             "config": cfg.model_dump(),
             "replicas": replicas,
-            "atoms": int(len(sim.numbers)),
+            "atoms": list(sim.sizes) if sim.mixed else sim.n_pad,
             "steps": int(run_info["steps"]),
             "record_every": cfg.record_every,
             "restart": restart_info,
@@ -292,6 +304,9 @@ def run_cli(args) -> int:
             "model_capacity": sim.spec.model_capacity,
             "stops": rep.get("stops") or _stops(sim, state),
             "mean_temperature_K": writer.mean_temperature(),
+            "systems": rep.get("systems"),
+            "replica_exchange": (rep.get("replica_exchange") or {}).get("total"),
+            "statistics": statistics,
             "trajectories": [replica_name(r) for r in range(replicas)],
             "versions": {"jax": jax.__version__, "python": platform.python_version(),
                          "backend": jax.default_backend(), "devices": len(jax.devices())},
@@ -309,7 +324,25 @@ def run_cli(args) -> int:
         )
         for s in stopped:
             print(f"  replica {s['replica']}: {s.get('message', s['status'])} after step {s['step']}")
+        from ..analysis.ensemble import format_statistics
+
+        for group, st in (statistics or {}).items():
+            if "observables" in st:
+                print(f"  {group} (last {1 - st['discard']:.0%} of the frames):")
+                print("    " + format_statistics(st).replace("\n", "\n    "))
+        for pair in (summary["replica_exchange"] or {}).get("pairs", []):
+            print(f"  exchange {pair['pair'][0]:g} K <-> {pair['pair'][1]:g} K: {pair['accepted']}/{pair['attempts']} "
+                  f"accepted (mean probability {pair['mean_probability'] or 0:.3f})")
     return 0
+
+
+def _statistics(traj, sim, out):
+    """Ensemble statistics of the whole run for the summary (plots beside it); None without frames."""
+    from ..analysis.ensemble import json_statistics, run_statistics
+
+    if traj is None or traj.n_frames < 4:
+        return None
+    return json_statistics(run_statistics(traj, per_replica=sim.ensemble.per_replica, plot_dir=out))
 
 
 def _stops(sim, state) -> list[dict]:

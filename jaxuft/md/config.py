@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -35,6 +35,10 @@ class MDConfig(StrictModel):
     temperature: float = Field(300.0, gt=0, le=MAX_TEMPERATURE_K,
                                description="K (thermostat target and initial velocities)", **_F)
     pressure: float = Field(1.0, ge=-MAX_PRESSURE_BAR, le=MAX_PRESSURE_BAR, description="bar (npt)", **_F)
+    temperatures: Optional[List[float]] = Field(
+        None, min_length=2, description="K, one per replica (a temperature ladder; overrides --temperature)")
+    replica_exchange: Optional[int] = Field(
+        None, ge=1, description="steps between replica-exchange attempts over --temperatures (default off)")
     friction: float = Field(0.01, gt=0, description="1/fs (nvt-langevin)", **_F)
     tau_t: Optional[float] = Field(None, gt=0, description="thermostat period, fs (nvt-nh, npt; default 100 steps)",
                                    **_F)
@@ -58,6 +62,15 @@ class MDConfig(StrictModel):
     def _consistent(self) -> "MDConfig":
         if self.steps % self.record_every:
             raise ValueError(f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})")
+        if self.temperatures is not None and self.replicas not in (1, len(self.temperatures)):
+            raise ValueError(f"{len(self.temperatures)} temperatures given for {self.replicas} replicas; "
+                             "give one temperature per replica")
+        if self.replica_exchange is not None:
+            if self.temperatures is None:
+                raise ValueError("replica_exchange needs a temperature ladder: set temperatures (one per replica)")
+            if self.replica_exchange % self.record_every or self.steps % self.replica_exchange:
+                raise ValueError(f"replica_exchange ({self.replica_exchange}) must be a multiple of record_every "
+                                 f"({self.record_every}) and divide steps ({self.steps})")
         try:
             self.ensemble_settings()
         except MDInputError as exc:
@@ -67,8 +80,14 @@ class MDConfig(StrictModel):
     # ---- what the engine needs --------------------------------------------------
     def ensemble_settings(self) -> Ensemble:
         """The validated :class:`~jaxuft.md.Ensemble`."""
-        return make(self.ensemble, self.timestep, temperature=self.temperature, pressure=self.pressure,
+        temperature = self.temperature if self.temperatures is None else self.temperatures
+        return make(self.ensemble, self.timestep, temperature=temperature, pressure=self.pressure,
                     friction=self.friction, tau_t=self.tau_t, tau_p=self.tau_p)
+
+    @property
+    def n_replicas(self) -> int:
+        """Replicas of the run: ``replicas``, or one per ladder temperature."""
+        return len(self.temperatures) if self.temperatures is not None else self.replicas
 
     def safety(self):
         from .simulation import Safety
@@ -76,11 +95,13 @@ class MDConfig(StrictModel):
         return Safety(max_temperature=self.max_temperature, min_distance=self.min_distance)
 
     @property
-    def initial_temperature(self) -> float | None:
+    def initial_temperature(self):
         """K for the initial velocities (None: the structure's momenta, else zero for NVE)."""
         if self.init_temperature is not None:
             return self.init_temperature
-        return None if self.ensemble == "nve" else self.temperature
+        if self.ensemble == "nve":
+            return None
+        return self.temperature if self.temperatures is None else self.temperatures
 
     def chunk_records(self) -> int:
         """Records per compiled chunk for a run of ``steps`` (the largest divisor of the record count
@@ -95,6 +116,7 @@ class MDConfig(StrictModel):
         from .simulation import Simulation
 
         kw.setdefault("chunk_steps", self.chunk_records() * self.record_every)
+        kw.setdefault("replica_exchange", self.replica_exchange)
         return Simulation(potential, self.ensemble_settings(), skin=self.skin, safety=self.safety(), **kw)
 
 
@@ -102,6 +124,8 @@ class MDConfig(StrictModel):
 def _flag_type(annotation):
     """``(python type, choices)`` of a field annotation (Optional and Literal unwrapped)."""
     origin = typing.get_origin(annotation)
+    if origin is list:
+        return typing.get_args(annotation)[0], None
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _flag_type(args[0])
@@ -121,8 +145,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, model=MDConfig, exclud
             continue
         typ, choices = _flag_type(field.annotation)
         default = "" if field.default is None else f" (default {field.default})"
+        many = {"nargs": "+"} if "List[" in str(field.annotation) or "list[" in str(field.annotation) else {}
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices,
-                            default=argparse.SUPPRESS, help=f"{field.description or name}{default}")
+                            default=argparse.SUPPRESS, help=f"{field.description or name}{default}", **many)
 
 
 def given_arguments(args: argparse.Namespace, model=MDConfig) -> dict:
