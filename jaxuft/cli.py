@@ -3,7 +3,7 @@
     jaxuft convert SRC DEST                 torch checkpoint -> jaxuft model (no torch)
     jaxuft predict --model M IN.xyz -o OUT.xyz
     jaxuft info M                           what a model is
-    jaxuft md / finetune / evaluate / qres / fetch / models   (see --help of each)
+    jaxuft md / finetune / evaluate / qres / fetch / models / bench   (see --help of each)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "jaxuft.uq.cli",
     "jaxuft.analysis.cli",
     "jaxuft.workflows.cli",
+    "jaxuft.bench.cli",
 )
 
 
