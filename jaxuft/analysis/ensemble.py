@@ -184,8 +184,8 @@ def trajectory_statistics(traj, discard: float = 0.2, rdf: bool = True, rdf_pair
 
     Returns ``{"observables": {name: observable_stats + unit}, "rdf": {pair: {r, g, sem}}, ...}``;
     replicas that stopped are left out (listed in ``excluded_replicas``).  g(r) uses at most
-    ``rdf_frames`` frames per replica (evenly strided) up to ``r_max`` (default: half the
-    shortest cell width, at most 6 Å; non-periodic: 6 Å)."""
+    ``rdf_frames`` frames per replica (evenly strided) up to ``r_max`` (default 6 Å; periodic images
+    included, so small cells are fine)."""
     if not 0.0 <= discard < 1.0:
         raise ValueError(f"discard must be a fraction in [0, 1), got {discard!r}")
     if getattr(traj, "mixed", False) and traj.n_replicas > 1:
@@ -203,13 +203,7 @@ def trajectory_statistics(traj, discard: float = 0.2, rdf: bool = True, rdf_pair
            "observables": obs}
     if rdf:
         if r_max is None:
-            cell = np.asarray(traj.data["cell"][0, -1], np.float64)
-            if bool(np.all(traj.pbc)):
-                from ..md.neighbors import perpendicular_widths
-
-                r_max = float(min(6.0, 0.5 * np.min(perpendicular_widths(cell)) - 1e-6))
-            else:
-                r_max = 6.0
+            r_max = 6.0  # ASE's neighbour list counts every periodic image, so r_max may exceed half the cell
         out["rdf"] = _rdf_stats(traj, rows, first, rdf_pairs, float(r_max), int(n_bins), int(rdf_frames))
     return out
 
