@@ -185,3 +185,42 @@ def test_element_limits():
     assert lim.limit["O"] == pytest.approx(12.0 + 2 * np.std([10.0, 12.0, 14.0]))
     np.testing.assert_array_equal(lim.array([8, 1, 6]), [lim.limit["O"], lim.limit["H"], np.inf])
     assert ElementLimits.from_dict(lim.to_dict()) == lim
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_accumulator_list_fits_without_copy(data, scale):
+    """A list of accumulators is fitted through CovarianceOperator (no F x F copy, accumulators
+    left intact): the same PCA as the merged accumulator's in-place fit, and as scikit-learn's."""
+    X, Y = data
+    a = CovarianceAccumulator().update(X[:150])  # shifts differ (each accumulator's first chunk's mean)
+    b = CovarianceAccumulator().update(X[150:310]).update(X[310:])
+    kw = dict(scale=scale, eigh_max=50)
+    ref = PCA(5, **kw).fit_accumulator(a.merge(b), consume=True)
+    p = PCA(5, **kw).fit_accumulator([a, b])
+    assert a.sumsq is not None and b.sumsq is not None  # still usable
+    assert not p.residual_moments_exact_
+    assert rel(p.explained_variance_, ref.explained_variance_) < 1e-10
+    assert rel(p.components_, ref.components_) < 1e-8
+    assert rel(p.mean_, ref.mean_) < 1e-12
+    assert rel(p.residual_moments_, ref.residual_moments_) < 1e-10
+    assert abs(p.total_variance_ - ref.total_variance_) <= 1e-12 * ref.total_variance_
+    if not scale:
+        check_against_sklearn(p, SKPCA(5, svd_solver="full").fit(X), Y)
+    # each part alone, from the same (unconsumed) sums
+    alone = PCA(5, **kw).fit_accumulator([b])
+    ref_b = PCA(5, **kw).fit(X[150:])
+    assert rel(alone.explained_variance_, ref_b.explained_variance_) < 1e-8
+    with pytest.raises(ValueError, match="single accumulator"):
+        PCA(5, **kw).fit_accumulator([a, b], consume=True)
+
+
+def test_absorb_equals_merge(data):
+    X, _ = data
+    a = CovarianceAccumulator().update(X[:150])
+    b = CovarianceAccumulator().update(X[150:])
+    merged = a.merge(b)
+    a.absorb(b)
+    assert a.n == merged.n == len(X)
+    np.testing.assert_allclose(np.asarray(a.sumsq), np.asarray(merged.sumsq), rtol=1e-13, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(a.sum), np.asarray(merged.sum), rtol=1e-13, atol=1e-10)
+    assert b.sumsq is not None  # the absorbed accumulator is untouched

@@ -117,3 +117,18 @@ def test_plots(tmp_path):
     symbols, table = per_structure_element(q, z, [30] * 10)
     assert plots.q_timeseries(np.arange(10) * 50.0, table, symbols, tmp_path / "t.png", limits=lim, xlabel="time (ps)").exists()
     assert plots.q_distributions({"train": (q, z), "test": (q * 2, z)}, tmp_path / "h.png", limits=lim).exists()
+
+
+def test_score_frames_multi_equals_separate_scoring():
+    """One descriptor pass scored under several PCAs = score_frames under each."""
+    from jaxuft.uq.analysis import score_frames_multi
+
+    pot = Potential(morse_config([1, 8], r_max=4.0), morse_params(2), dtype="float64")
+    desc = ModelDescriptor(pot, name="morse")
+    a, b = liquid_frames(4, 0), liquid_frames(3, 1)
+    pcas = {"a": fit_qres(desc, a, n_components=2).pca, "b": fit_qres(desc, b, n_components=2).pca}
+    multi = score_frames_multi(pcas, desc, a + b)
+    for k, p in pcas.items():
+        one = score_frames(p, desc, a + b)
+        for key in ("q", "t2", "scores", "numbers", "frame_sizes"):
+            np.testing.assert_allclose(multi[k][key], one[key], rtol=1e-12)

@@ -19,7 +19,7 @@ from .config import QResConfig
 from .descriptors import ModelDescriptor, from_settings, soap_descriptor, species_of
 from .limits import ElementLimits, element_limits, q_limit, t2_limit
 from .monitor import QResidualMonitor, build_monitor, monitor_observables, stop_on_flag
-from .covariance import CovarianceAccumulator
+from .covariance import CovarianceAccumulator, CovarianceOperator
 from .pca import PCA, PCAState, q_residual_fn, t2_fn, transform_fn
 from .soap import SOAP, graph_descriptor_fn, real_solid_harmonics, soap_from_edges, soap_from_neighbors
 
@@ -27,6 +27,7 @@ __all__ = [
     "PCA",
     "SOAP",
     "CovarianceAccumulator",
+    "CovarianceOperator",
     "ElementLimits",
     "ModelDescriptor",
     "PCAState",

@@ -69,16 +69,19 @@ _STREAM_ROWS = 1024
 
 
 def fit_pca(
-    arrays: Sequence[np.ndarray] | CovarianceAccumulator,
+    arrays: Sequence[np.ndarray] | CovarianceAccumulator | Sequence[CovarianceAccumulator],
     n_components=5,
     scale: bool = False,
     dtype: str = "float64",
     svd_max_elements: int = 20_000_000,
     **kwargs,
 ) -> PCA:
-    """Fit a PCA on stacked per-frame arrays: exact SVD when small, streamed covariance otherwise."""
+    """Fit a PCA on stacked per-frame arrays (exact SVD when small, streamed covariance otherwise), or on
+    one or several accumulators (left intact; several are fitted together)."""
     pca = PCA(n_components, scale=scale, dtype=dtype, svd_max_elements=svd_max_elements, **kwargs)
-    if isinstance(arrays, CovarianceAccumulator):
+    if isinstance(arrays, CovarianceAccumulator) or (
+        isinstance(arrays, (list, tuple)) and arrays and all(isinstance(a, CovarianceAccumulator) for a in arrays)
+    ):  # read in place (several: the PCA of their data sets together, without merging them)
         return pca.fit_accumulator(arrays)
     arrays = list(arrays)
     size = sum(a.size for a in arrays)
@@ -177,6 +180,33 @@ def fit_qres(descriptor, frames: Sequence[Atoms], n_components=5, scale: bool = 
     else:  # a second pass costs descriptor time, but never holds the whole matrix
         arrays = (np.asarray(x, dtype=np.float64) for x in descriptor.compute_iter(frames))
     return finish_fit(pca, arrays, frames, descriptor, n_sigma, sources, progress)
+
+
+def score_frames_multi(pcas: dict, descriptor, frames: Sequence[Atoms], progress: bool | None = False,
+                       label: str = "scoring") -> dict:
+    """``{name: score_frames(pca, descriptor, frames)}`` for several PCAs from one descriptor pass
+    (streamed: no frame's descriptors are kept)."""
+    frames = list(frames)
+    if not pcas:
+        return {}
+    stream = (np.asarray(x, dtype=np.float64) for x in descriptor.compute_iter(frames))
+    parts: dict = {k: ([], [], []) for k in pcas}
+    first = next(iter(pcas.values()))
+    for c in _rechunk(_progress(stream, len(frames), label, progress), min(first.chunk_size, _STREAM_ROWS)):
+        for k, p in pcas.items():
+            q, t = p.q_and_t2(c)
+            parts[k][0].append(q)
+            parts[k][1].append(t)
+            parts[k][2].append(p.transform(c))
+    sizes = np.asarray([len(a) for a in frames])
+    numbers = np.concatenate([a.get_atomic_numbers() for a in frames])
+    out = {}
+    for k, (qs, ts, ss) in parts.items():
+        if not qs:
+            raise ValueError("no structures to score")
+        out[k] = {"q": np.concatenate(qs), "t2": np.concatenate(ts), "scores": np.concatenate(ss),
+                  "numbers": numbers, "frame_sizes": sizes, "frame": frame_index(sizes)}
+    return out
 
 
 def score_arrays(pca: PCA, arrays: Iterable[np.ndarray], frames: Sequence[Atoms]) -> dict:

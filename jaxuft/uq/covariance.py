@@ -3,7 +3,10 @@
 :class:`CovarianceAccumulator` sums chunks ``(n_i, n_features)`` about a shift (no
 cancellation for large means) and merges exactly; :func:`leading_eigenpairs` finds the
 top eigenpairs by block subspace iteration with Rayleigh–Ritz (one ``C @ V`` per pass),
-for feature counts where a full ``eigh`` is too slow.  Used by :class:`~jaxuft.uq.pca.PCA`.
+for feature counts where a full ``eigh`` is too slow.  :class:`CovarianceOperator` is the covariance of one
+or several accumulators as a linear operator (their ``X^T X`` sums plus a low-rank correction), so
+that a PCA of merged data sets, or of an accumulator that is still needed, makes no ``F x F``
+copy.  Used by :class:`~jaxuft.uq.pca.PCA`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CovarianceAccumulator", "leading_eigenpairs"]
+__all__ = ["CovarianceAccumulator", "CovarianceOperator", "leading_eigenpairs"]
 
 
 #: rows of ``X^T X`` updated per product: the update's temporary is (_BLOCK, F), not (F, F)
@@ -42,13 +45,17 @@ def _accumulate(s, ss, shift, chunk):
 
 
 @jax.jit
-def _subspace_step(C, V):
-    """One block power step with Rayleigh–Ritz on orthonormal ``V (F, M)``: one product with ``C``.
+def _matmat(C, V):
+    return C @ V
+
+
+@jax.jit
+def _rayleigh_ritz(V, W):
+    """Rayleigh–Ritz on orthonormal ``V (F, M)`` with ``W = C V``.
 
     Returns the Ritz vectors' next power iterate (orthonormalised), the Ritz values
     (descending) and the residual norms ``|C v - lambda v|`` of the current Ritz pairs.
     """
-    W = C @ V
     H = V.T @ W
     H = 0.5 * (H + H.T)
     w, U = jnp.linalg.eigh(H)
@@ -57,6 +64,114 @@ def _subspace_step(C, V):
     resid = jnp.linalg.norm(cw - ritz * w, axis=0)
     V_next, _ = jnp.linalg.qr(cw)
     return V_next, ritz, w, resid
+
+
+@jax.jit
+def _op_matmat(sums, left, right, inv_scale, inv_nm1, V):
+    """``D^-1 [(sum_i S_i + left right^T) / (n - 1)] D^-1 V`` without forming the sum."""
+    Vs = V * inv_scale[:, None]
+    acc = left @ (right.T @ Vs)
+    for S in sums:
+        acc = acc + S @ Vs
+    return acc * (inv_nm1 * inv_scale)[:, None]
+
+
+@jax.jit
+def _op_diag(sums, left, right, inv_scale, inv_nm1):
+    d = jnp.sum(left * right, axis=1)
+    for S in sums:
+        d = d + jnp.diagonal(S)
+    return d * inv_nm1 * inv_scale * inv_scale
+
+
+@jax.jit
+def _op_frob2(sums, left, right, inv_scale, inv_nm1):
+    """Squared Frobenius norm of the operator's matrix, formed ``_BLOCK`` rows at a time."""
+    f = sums[0].shape[0]
+    blk = min(_BLOCK, f)
+    nb = -(-f // blk)
+
+    def body(i, total):
+        a = i * blk
+        start = jnp.minimum(a, f - blk)
+        rows = jax.lax.dynamic_slice_in_dim(left, start, blk, axis=0) @ right.T
+        for S in sums:
+            rows = rows + jax.lax.dynamic_slice_in_dim(S, start, blk, axis=0)
+        rows = rows * (inv_nm1 * jax.lax.dynamic_slice_in_dim(inv_scale, start, blk))[:, None] * inv_scale[None, :]
+        fresh = (start + jnp.arange(blk)) >= a  # a clamped last block: count each row once
+        return total + jnp.sum(jnp.where(fresh[:, None], rows * rows, 0.0))
+
+    return jax.lax.fori_loop(0, nb, body, jnp.zeros((), sums[0].dtype))
+
+
+class CovarianceOperator:
+    """The covariance of one or several accumulators' samples together, as a linear operator.
+
+    ``C = D^-1 [(sum_i S_i + L R^T) / (n - 1)] D^-1``: the accumulators' ``X^T X`` sums
+    ``S_i`` (referenced, not copied), a rank ``<= 3k + 1`` correction for their different
+    shifts and the centring, and an optional diagonal scaling ``D`` (:meth:`scaled`).
+    Products with ``(F, M)`` blocks, the diagonal and the Frobenius norm are computed
+    without any ``F x F`` temporary, so merged data sets (or an accumulator still in
+    use) are fitted in the memory of their sums alone.
+    """
+
+    def __init__(self, accumulators, dtype=None):
+        accs = [a for a in accumulators if a.n > 0]
+        if not accs:
+            raise ValueError("no samples accumulated")
+        for a in accs:
+            if a.sumsq is None:
+                raise ValueError("this accumulator was consumed by mean_and_covariance(consume=True)")
+            if a.shift.shape != accs[0].shift.shape:
+                raise ValueError("accumulators disagree on n_features")
+        self.n = sum(a.n for a in accs)
+        if self.n < 2:
+            raise ValueError(f"need at least 2 samples, have {self.n}")
+        dt = accs[0].dtype if dtype is None else np.dtype(dtype)
+        self.dtype = dt
+        c = accs[0].shift.astype(dt)
+        total = jnp.zeros_like(c)
+        lefts, rights = [], []
+        for a in accs:  # sum over a's rows of (x - c)(x - c)^T = S_a + s_a δ^T + δ s_a^T + n_a δ δ^T
+            delta = a.shift.astype(dt) - c
+            s_a = a.sum.astype(dt)
+            total = total + s_a + a.n * delta
+            if a is not accs[0]:
+                lefts += [s_a, delta, a.n * delta]
+                rights += [delta, s_a, delta]
+        d = total / self.n
+        lefts.append(-self.n * d)
+        rights.append(d)
+        self.mean = c + d
+        self.sums = tuple(a.sumsq if a.sumsq.dtype == dt else a.sumsq.astype(dt) for a in accs)
+        self.left = jnp.stack(lefts, axis=1)
+        self.right = jnp.stack(rights, axis=1)
+        self.inv_scale = jnp.ones_like(c)
+        self.inv_nm1 = jnp.asarray(1.0 / (self.n - 1), dt)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        f = int(self.mean.shape[0])
+        return (f, f)
+
+    def scaled(self, scale) -> "CovarianceOperator":
+        """The same operator divided by ``scale`` on both sides (a correlation-like matrix)."""
+        out = object.__new__(CovarianceOperator)
+        out.__dict__.update(self.__dict__)
+        out.inv_scale = 1.0 / jnp.asarray(scale, self.dtype)
+        return out
+
+    def _args(self):
+        return self.sums, self.left, self.right, self.inv_scale, self.inv_nm1
+
+    def __matmul__(self, V):
+        return _op_matmat(*self._args(), V)
+
+    def diagonal(self):
+        return _op_diag(*self._args())
+
+    def frobenius2(self) -> float:
+        return float(_op_frob2(*self._args()))
 
 
 class CovarianceAccumulator:
@@ -120,6 +235,26 @@ class CovarianceAccumulator:
         out.n = self.n + other.n
         return out
 
+    def absorb(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
+        """Add ``other``'s samples to this accumulator in place (no ``F x F`` copy; ``other`` is left as it was).
+
+        The result equals ``self.merge(other)``; this accumulator's old sums are overwritten."""
+        if other.shift is None or other.n == 0:
+            return self
+        if self.shift is None:
+            self.n, self.shift, self.sum = other.n, other.shift, other.sum
+            self.sumsq = jnp.array(other.sumsq, copy=True)
+            return self
+        if self.sumsq is None or other.sumsq is None:
+            raise ValueError("this accumulator was consumed by mean_and_covariance(consume=True)")
+        if other.shift.shape != self.shift.shape:
+            raise ValueError("accumulators disagree on n_features")
+        delta = (other.shift - self.shift).astype(self.dtype)
+        self.sum, self.sumsq = _absorb(self.sum, self.sumsq, other.sum.astype(self.dtype),
+                                       other.sumsq.astype(self.dtype), delta, jnp.asarray(other.n, self.dtype))
+        self.n += other.n
+        return self
+
     def _copy(self) -> "CovarianceAccumulator":
         out = CovarianceAccumulator(self.dtype.name)
         out.n, out.shift, out.sum, out.sumsq = self.n, self.shift, self.sum, self.sumsq
@@ -145,6 +280,13 @@ class CovarianceAccumulator:
         if consume:
             self.sum = self.sumsq = None
         return mean, cov
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _absorb(s, ss, s_b, ss_b, delta, n_b):
+    """Sums about this shift after adding another accumulator's (one fused elementwise update of the donated ``ss``)."""
+    ss = ss + ss_b + s_b[:, None] * delta[None, :] + delta[:, None] * s_b[None, :] + n_b * delta[:, None] * delta[None, :]
+    return s + s_b + n_b * delta, ss
 
 
 @functools.partial(jax.jit, donate_argnums=(2,))
@@ -192,6 +334,9 @@ def leading_eigenpairs(cov, m: int, check: int, *, tol: float = 1e-10, max_iter:
                        progress: bool | None = False):
     """The ``m`` leading eigenpairs of the symmetric ``cov (F, F)`` by block subspace iteration.
 
+    ``cov``: an array or a :class:`CovarianceOperator` (anything with ``shape``, ``dtype``
+    and ``cov @ V``).
+
     Converged when the ``check`` leading Ritz pairs' residuals ``|C v - lambda v|`` are
     below ``max(tol, 100 eps) * lambda_1`` (eigenvector error ~ residual / gap); stops
     early after 20 passes without a 10 % improvement.  Returns ``(w (m,) descending
@@ -209,7 +354,8 @@ def leading_eigenpairs(cov, m: int, check: int, *, tol: float = 1e-10, max_iter:
     with bar_of(total=max_iter, desc=f"PCA eigenpairs ({m} of {f})", unit="pass", enabled=progress,
                 leave=False) as bar:
         for it in range(max_iter):
-            V, ritz, w, res = _subspace_step(cov, V)
+            W = cov @ V if isinstance(cov, CovarianceOperator) else _matmat(cov, V)
+            V, ritz, w, res = _rayleigh_ritz(V, W)
             w_np = np.asarray(w, np.float64)
             worst = float(np.max(np.asarray(res, np.float64)[:check])) / max(abs(w_np[0]), 1e-300)
             bar.set_postfix_str(f"residual {worst:.1e} (target {res_tol:.0e})", refresh=False)

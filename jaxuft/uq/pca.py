@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .covariance import CovarianceAccumulator, leading_eigenpairs
+from .covariance import CovarianceAccumulator, CovarianceOperator, leading_eigenpairs
 
 FORMAT = "jaxuft-pca"
 FORMAT_VERSION = 1
@@ -251,19 +251,45 @@ class PCA:
                 bar.update(len(chunk))
         self._fit_moments(acc)
 
-    def fit_accumulator(self, acc: "CovarianceAccumulator", consume: bool = False) -> "PCA":
-        """Fit from already accumulated moments (e.g. merged from several data sets).
+    def fit_accumulator(self, acc, consume: bool = False) -> "PCA":
+        """Fit from already accumulated moments: one :class:`CovarianceAccumulator`, or a list of
+        them (the PCA of their data sets together, as ``merge`` would give, without its copy).
 
-        ``consume``: free the accumulator's ``F x F`` sum as soon as the covariance is formed
-        (less peak memory; the accumulator cannot be used afterwards)."""
-        self._fit_moments(acc, consume)
+        ``consume``: turn a single accumulator's ``F x F`` sum into the covariance in place
+        (the accumulator cannot be used afterwards).  Otherwise, above ``eigh_max`` features,
+        the accumulators are only read (:class:`~jaxuft.uq.covariance.CovarianceOperator`):
+        no ``F x F`` array is made, so they can be fitted again alone or together."""
+        accs = list(acc) if isinstance(acc, (list, tuple)) else [acc]
+        if consume and len(accs) > 1:
+            raise ValueError("consume=True needs a single accumulator (merge them first, or pass consume=False)")
+        self._fit_moments(accs, consume)
         self.fit_method_ = "covariance"
         return self
 
-    def _fit_moments(self, acc: "CovarianceAccumulator", consume: bool = True) -> None:
-        n, f = acc.n, acc.n_features
+    def _fit_moments(self, accs, consume: bool = True) -> None:
+        if isinstance(accs, CovarianceAccumulator):
+            accs = [accs]
+        n = sum(a.n for a in accs)
+        f = accs[0].n_features
         if n < 2:
             raise ValueError("PCA needs at least 2 samples")
+        if f > self.eigh_max and not consume:  # read the sums in place: no F x F array
+            op = CovarianceOperator(accs, self.dtype)
+            mean = op.mean
+            if self.scale:
+                std = jnp.sqrt(jnp.clip(op.diagonal(), 0.0) * (n - 1) / n)
+                scale = jnp.where(std > 0, std, 1.0)
+                op = op.scaled(scale)
+            else:
+                scale = jnp.ones((f,), self.dtype)
+            total_var = float(jnp.sum(op.diagonal()))
+            w, Vt, resid = self._top_eigen(op, min(n, f), total_var)
+            self._finish(
+                n, f, np.asarray(mean, np.float64), np.asarray(scale, np.float64), w, Vt,
+                total_var=total_var, resid_moments=resid, exact=False,
+            )
+            return
+        acc = accs[0] if len(accs) == 1 else functools.reduce(CovarianceAccumulator.merge, accs)
         mean, cov = acc.mean_and_covariance(self.dtype, consume=consume)
         if self.scale:
             std = jnp.sqrt(jnp.clip(_diag(cov), 0.0) * (n - 1) / n)
@@ -299,7 +325,7 @@ class PCA:
             cov, m, check, tol=self.tol, max_iter=self.max_iter, seed=self.seed, progress=self.progress)
         w = np.clip(w_np, 0.0, None)
         Vt = np.asarray(ritz, np.float64).T
-        frob2 = float(_frob2(cov))
+        frob2 = cov.frobenius2() if isinstance(cov, CovarianceOperator) else float(_frob2(cov))
         tail1 = max(total_var - w.sum(), 0.0)
         tail2 = max(frob2 - np.sum(w**2), 0.0)
         tail3 = tail2**2 / tail1 if tail1 > 0 else 0.0
