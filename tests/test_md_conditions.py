@@ -138,3 +138,35 @@ def test_replica_exchange_acceptance_and_energies_match_the_exact_answer(tmp_pat
     _, more = sim2.run(state2, n_steps=2 * EVERY, record_every=EVERY, progress=False)
     assert more.report["replica_exchange"]["this_run"]["rounds"] == 2
     assert more.report["replica_exchange"]["total"]["rounds"] == 1002
+
+
+def test_cli_ladder_prints_and_writes_exchange_and_statistics(tmp_path, capsys):
+    """``jaxuft md --temperatures ... --replica-exchange ...`` on the dimer (the compiled program of the tests above)."""
+    import argparse
+    import json
+
+    from ase.io import write
+
+    from jaxuft.md.cli import register
+
+    write(tmp_path / "c2.xyz", dimer())
+    parser = argparse.ArgumentParser(prog="jaxuft")
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "run"
+    args = parser.parse_args([
+        "md", "--model", "morse", "--structure", str(tmp_path / "c2.xyz"), "--temperatures", *map(str, LADDER),
+        "--replica-exchange", str(EVERY), "--timestep", "2", "--friction", "0.05", "--steps", str(40 * EVERY),
+        "--record-every", str(EVERY), "--dtype", "float64", "--statistics", "full", "-o", str(out)])
+    assert args.func(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["replicas"] == 3 and summary["temperature_K"] == LADDER
+    rex = summary["replica_exchange"]
+    assert rex["rounds"] == 40 and sum(p["attempts"] for p in rex["pairs"]) == 40
+    stats = summary["statistics"]
+    assert list(stats) == ["replica_000_C2", "replica_001_C2", "replica_002_C2"]  # one per temperature
+    assert "observables" in stats["replica_000_C2"], stats["replica_000_C2"]
+    assert set(stats["replica_000_C2"]["observables"]) == {"energy", "temperature"}  # not periodic: no P, V, g(r)
+    assert abs(stats["replica_002_C2"]["observables"]["temperature"]["mean"] - 320) < 150
+    assert (out / "statistics_replica_001_C2.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "exchange 20 K <-> 80 K" in printed and "temperature" in printed

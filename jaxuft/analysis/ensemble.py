@@ -185,7 +185,7 @@ def trajectory_statistics(traj, discard: float = 0.2, rdf: bool = True, rdf_pair
     Returns ``{"observables": {name: observable_stats + unit}, "rdf": {pair: {r, g, sem}}, ...}``;
     replicas that stopped are left out (listed in ``excluded_replicas``).  g(r) uses at most
     ``rdf_frames`` frames per replica (evenly strided) up to ``r_max`` (default 6 Å; periodic images
-    included, so small cells are fine)."""
+    included, so small cells are fine); g(r) needs a periodic cell (its volume normalises it)."""
     if not 0.0 <= discard < 1.0:
         raise ValueError(f"discard must be a fraction in [0, 1), got {discard!r}")
     if getattr(traj, "mixed", False) and traj.n_replicas > 1:
@@ -201,7 +201,7 @@ def trajectory_statistics(traj, discard: float = 0.2, rdf: bool = True, rdf_pair
         obs[name]["tau_fs"] = obs[name].pop("tau_time")
     out = {"discard": discard, "first_frame": first, "excluded_replicas": np.nonzero(~rows)[0].tolist(),
            "observables": obs}
-    if rdf:
+    if rdf and bool(np.all(traj.pbc)):  # g(r) is normalised by the cell volume: periodic cells only
         if r_max is None:
             r_max = 6.0  # ASE's neighbour list counts every periodic image, so r_max may exceed half the cell
         out["rdf"] = _rdf_stats(traj, rows, first, rdf_pairs, float(r_max), int(n_bins), int(rdf_frames))

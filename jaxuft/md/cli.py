@@ -10,10 +10,11 @@ energy/forces/stress), ``trajectory.npz`` (all frames, compact), ``state.npz`` (
 self-describing state after the last finished chunk) and, at the end, ``summary.json``
 (atom-steps/s, compile time, compilations, capacity regrowths, stop reasons, whether
 the run was a restart and from what, ensemble statistics: mean ± autocorrelation-aware error
-of energy, temperature, pressure, density and g(r), plotted in ``statistics_*.png``, and the
-replica-exchange acceptance per temperature pair).  Several frames of different compositions
-(``--index :``) run as one mixed batch, one replica per frame; ``--temperatures 300 350 400
---replica-exchange 100`` runs a temperature ladder with replica exchange.  An output directory holding another run is refused
+of energy, temperature, pressure, volume and density (``--statistics full``: also g(r), and
+figures ``statistics_*.png``), and the replica-exchange acceptance per temperature pair).
+Several frames of different compositions (``--index :``) run as one mixed batch, one replica
+per frame; ``--temperatures 300 350 400 --replica-exchange 100`` runs a temperature ladder
+with replica exchange.  An output directory holding another run is refused
 unless ``--overwrite`` (clears it) or ``--resume``.  Settings may come from ``--config FILE``
 (YAML/TOML/JSON of the flags below, underscores for dashes); flags override it.
 ``--model morse`` is a built-in toy Morse potential for quick tries.
@@ -66,6 +67,10 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="clear -o first if it holds another run")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--statistics", choices=("numbers", "full", "off"), default="numbers",
+                   help="ensemble statistics in summary.json: 'numbers' (mean ± error of energy, temperature, "
+                        "pressure, volume, density; default), 'full' (also g(r) with error bands and "
+                        "statistics_*.png figures), 'off'")
     p.set_defaults(func=run_cli)
 
 
@@ -279,7 +284,7 @@ def run_cli(args) -> int:
                       f"is saved in {out / STATE_NAME}; continue with: jaxuft md --resume -o {out}", file=sys.stderr)
                 return 130
         wall = time.perf_counter() - t0
-        statistics = _statistics(writer.trajectory(), sim, out)
+        statistics = _statistics(writer.trajectory(), sim, out, getattr(args, "statistics", "numbers"))
         summary = {
             "model": model,
             "structure": book["structure"],
@@ -336,13 +341,16 @@ def run_cli(args) -> int:
     return 0
 
 
-def _statistics(traj, sim, out):
-    """Ensemble statistics of the whole run for the summary (plots beside it); None without frames."""
+def _statistics(traj, sim, out, mode: str = "numbers"):
+    """Ensemble statistics of the whole run for the summary (``full``: g(r) and figures beside it);
+    None without frames or with ``off``."""
     from ..analysis.ensemble import json_statistics, run_statistics
 
-    if traj is None or traj.n_frames < 4:
+    if mode == "off" or traj is None or traj.n_frames < 4:
         return None
-    return json_statistics(run_statistics(traj, per_replica=sim.ensemble.per_replica, plot_dir=out))
+    full = mode == "full"
+    return json_statistics(run_statistics(traj, per_replica=sim.ensemble.per_replica, rdf=full,
+                                          plot_dir=out if full else None))
 
 
 def _stops(sim, state) -> list[dict]:
