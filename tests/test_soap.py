@@ -133,6 +133,14 @@ def test_errors_are_clear():
         SOAP(["H"], 0.8, 2, 2)
     with pytest.raises(ValueError, match="cell"):
         SOAP(["H", "O"], 4.0, 2, 2, 0.5, periodic=True).compute(Atoms("H2O", positions=np.eye(3), pbc=True))
+    # a negative atomic number used to index the lookup table from the end (the last species)
+    bad = Atoms(numbers=[8, 1, -1], positions=np.eye(3))
+    with pytest.raises(ValueError, match="positive integers, got -1"):
+        s.compute(bad)
+    with pytest.raises(ValueError, match="positive integers, got 0"):
+        s.species_index(np.array([1, 0]))
+    with pytest.raises(ValueError, match="Z=200"):
+        s.species_index(np.array([200]))
 
 
 def test_float32_close():

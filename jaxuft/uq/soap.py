@@ -252,8 +252,13 @@ def _image_shifts(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarra
     return np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)
 
 
-def _pairs_dense(pos, cell, pbc, cutoff):
-    """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, self pair included (numpy)."""
+def _pairs_dense(pos, cell, pbc, cutoff, species=None):
+    """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, self pair included (numpy).
+
+    Only periodic images inside the cell grown by ``cutoff`` (along the periodic axes)
+    are candidates.  Pairs come sorted by centre ``i`` and, within a centre, by
+    ``species[j]`` when ``species`` is given (the order the SOAP slots use).
+    """
     from ase.geometry import complete_cell
 
     n = len(pos)
@@ -262,12 +267,23 @@ def _pairs_dense(pos, cell, pbc, cutoff):
         frac = np.linalg.solve(full.T, pos.T).T
         frac[:, pbc] -= np.floor(frac[:, pbc])
         wrapped = frac @ full
-        offsets = _image_shifts(cell, pbc, cutoff) @ full
+        shifts = _image_shifts(cell, pbc, cutoff)  # (n_img, 3)
+        ifrac = frac[None, :, :] + shifts[:, None, :]  # (n_img, n, 3)
+        volume = abs(np.linalg.det(full))
+        keep = np.ones(ifrac.shape[:2], bool)
+        for ax in np.nonzero(pbc)[0]:
+            width = volume / np.linalg.norm(np.cross(full[(ax + 1) % 3], full[(ax + 2) % 3]))
+            margin = cutoff / width * (1.0 + 1e-9) + 1e-12
+            keep &= (ifrac[..., ax] >= -margin) & (ifrac[..., ax] <= 1.0 + margin)
+        img, src = np.nonzero(keep)
+        images = ifrac[img, src] @ full
     else:
         wrapped = pos
-        offsets = np.zeros((1, 3))
-    images = (wrapped[None, :, :] + offsets[:, None, :]).reshape(-1, 3)  # (n_img * n, 3)
-    src = np.tile(np.arange(n), len(offsets))
+        src = np.arange(n)
+        images = pos
+    if species is not None:  # candidates by species, so that each centre's pairs come species-sorted
+        order = np.argsort(species[src], kind="stable")
+        src, images = src[order], images[order]
     cut2 = cutoff * cutoff
     block = max(1, 1_000_000 // max(len(images), 1))
     ii, jj, dd = [], [], []
@@ -297,7 +313,8 @@ def _pairs_ase(atoms, pos, cell, pbc, cutoff):
     )
 
 
-_BLOCK = 16
+#: centres per step of the compiled loop (8: the per-step intermediates stay in cache)
+_BLOCK = 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -404,8 +421,7 @@ class SOAP:
 
     def constants(self) -> dict:
         """Device arrays of the basis constants (for :func:`soap_from_neighbors` / :func:`soap_from_edges`)."""
-        c = {k: jnp.asarray(v if k == "feat_flat" else v.astype(self.dtype)) for k, v in self._consts_np.items()}
-        return c
+        return {k: jnp.asarray(v if k.startswith("feat_") else v.astype(self.dtype)) for k, v in self._consts_np.items()}
 
     def location(self, a, b) -> slice:
         """The slice of the feature vector that holds the species pair ``(a, b)`` (like dscribe's ``get_location``)."""
@@ -428,12 +444,19 @@ class SOAP:
 
     # ---- host side: neighbour edges -------------------------------------------------
     def species_index(self, numbers: np.ndarray) -> np.ndarray:
+        """SOAP species index (0..n_species-1) of each atomic number; a clear error for unknown or invalid ones."""
         numbers = np.asarray(numbers)
+        if numbers.size and (not np.issubdtype(numbers.dtype, np.integer) or numbers.min() < 1):
+            bad = sorted({str(z) for z in np.unique(numbers) if not (float(z).is_integer() and z >= 1)})
+            raise ValueError(
+                f"atomic numbers must be positive integers, got {', '.join(bad) or numbers.dtype}; "
+                "check the structure's `numbers` (e.g. atoms.numbers)"
+            )
         idx = np.full(numbers.shape, -1, dtype=np.int64)
         ok = numbers < len(self._lookup)
         idx[ok] = self._lookup[numbers[ok]]
         if np.any(idx < 0):
-            bad = sorted({chemical_symbols[z] for z in numbers[idx < 0]})
+            bad = sorted({chemical_symbols[z] if z < len(chemical_symbols) else f"Z={z}" for z in numbers[idx < 0]})
             raise ValueError(
                 f"structure contains element(s) {', '.join(bad)} that are not in this SOAP's species "
                 f"{list(self.species)}; add them to `species`"
@@ -460,48 +483,60 @@ class SOAP:
                     "set atoms.cell or use periodic=False"
                 )
         if len(atoms) <= _DENSE_PAIRS_MAX_ATOMS:
-            i, j, disp = _pairs_dense(pos, cell, pbc, self.cutoff)
+            i, j, disp = _pairs_dense(pos, cell, pbc, self.cutoff, spec)
         else:
             i, j, disp = _pairs_ase(atoms, pos, cell, pbc, self.cutoff)
         return i.astype(np.int32), spec[j].astype(np.int32), disp
 
     # ---- compute --------------------------------------------------------------------
     def compute(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
-        """Per-atom SOAP vectors ``(n_atoms, n_features)`` (frames stacked), host float64/32 numpy."""
+        """Per-atom SOAP vectors ``(n_atoms, n_features)`` (frames stacked), host float64/32 numpy.
+
+        When one device call covers all frames the result is a read-only view of its
+        output (no copy); ``np.array(x)`` gives a writable copy."""
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
-        out = [np.asarray(x) for x in self.compute_iter(frames)]
+        consts = self.constants()
+        out = [self._run(consts, batch)[0] for batch in self._batches(frames)]
         if not out:
             return np.zeros((0, self.n_features), dtype=self.dtype)
-        return np.concatenate(out, axis=0)
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
 
     def create(self, atoms, n_jobs: int = 1):  # dscribe's name
         return self.compute(atoms)
 
     def compute_iter(self, frames: Sequence[Atoms]):
-        """Yield one device array ``(n_atoms_k, n_features)`` per frame, batching small frames per call."""
+        """Yield one read-only host array ``(n_atoms_k, n_features)`` per frame, batching small frames per call."""
         consts = self.constants()
+        for batch in self._batches(frames):
+            out, offsets = self._run(consts, batch)
+            for k in range(len(batch)):
+                yield out[offsets[k] : offsets[k + 1]]
+
+    def _batches(self, frames: Sequence[Atoms]):
+        """Frames with their host edges, grouped into calls of at most ``max_edges_per_call`` edges."""
         batch: list[tuple[int, tuple]] = []
         n_edges = 0
         for atoms in frames:
             e = self.edges(atoms)
             if batch and n_edges + len(e[0]) > self.max_edges_per_call:
-                yield from self._run(consts, batch)
+                yield batch
                 batch, n_edges = [], 0
             batch.append((len(atoms), e))
             n_edges += len(e[0])
         if batch:
-            yield from self._run(consts, batch)
+            yield batch
 
-    def _run(self, consts, batch):
+    def _run(self, consts, batch) -> tuple[np.ndarray, np.ndarray]:
+        """One device call: ``(features of all the batch's atoms, per-frame row offsets)``."""
         sizes = [n for n, _ in batch]
         offsets = np.cumsum([0] + sizes)
         centers = np.concatenate([e[0] + o for (_, e), o in zip(batch, offsets)])
         species = np.concatenate([e[1] for _, e in batch])
         disp = np.concatenate([e[2] for _, e in batch])
         n_nodes = int(offsets[-1])
-        # per-centre slots: sort edges by centre, slot = rank within the centre
-        order = np.argsort(centers, kind="stable")
-        centers, species, disp = centers[order], species[order], disp[order]
+        if np.any(np.diff(centers) < 0):  # per-centre slots need the edges grouped by centre
+            order = np.argsort(centers, kind="stable")
+            centers, species, disp = centers[order], species[order], disp[order]
         counts = np.bincount(centers, minlength=n_nodes)
         slot = np.arange(len(centers)) - np.repeat(np.cumsum(counts) - counts, counts)
         cap_j = bucket_size(int(counts.max()))
@@ -513,9 +548,9 @@ class SOAP:
         dsp[centers, slot] = disp
         mask[centers, slot] = True
         fn = _compiled_soap(self.n_species, self.n_max, self.l_max)
-        out = fn(consts, jnp.asarray(spec), jnp.asarray(dsp), jnp.asarray(mask))
-        for k in range(len(batch)):
-            yield out[offsets[k] : offsets[k + 1]]
+        # one host view of the result (no copy on CPU), sliced per frame in numpy
+        out = np.asarray(fn(consts, jnp.asarray(spec), jnp.asarray(dsp), jnp.asarray(mask)))
+        return out[:n_nodes], offsets
 
     def __repr__(self) -> str:
         return (
@@ -551,7 +586,7 @@ def graph_descriptor_fn(soap: SOAP, atomic_numbers, graph_cutoff: float):
 
     def fn(params, graph):
         dtype = graph.positions.dtype
-        consts = {k: (jnp.asarray(v) if k == "feat_flat" else jnp.asarray(v, dtype)) for k, v in consts_np.items()}
+        consts = {k: (jnp.asarray(v) if k.startswith("feat_") else jnp.asarray(v, dtype)) for k, v in consts_np.items()}
         table = jnp.asarray(lookup)
         vec = edge_vectors(graph)
         dist2 = jnp.sum(vec * vec, axis=-1)
