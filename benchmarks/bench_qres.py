@@ -7,6 +7,21 @@ the first of ``chclca/test/independent.xyz``.  Times are medians of ``--repeats`
 warm calls (jaxuft's first call, with compilation, is reported separately).
 
     python benchmarks/bench_qres.py [--data ../shared/paper-data] [--train-frames 5] [--repeats 5] [--no-append]
+    python benchmarks/bench_qres.py --monitor [--model sevennet-0] [--steps 20] [--no-append]
+
+    python benchmarks/bench_qres.py --memory [--example-args "--no-model"] [--no-append]
+
+``--memory``: peak RSS (``/usr/bin/time -v``) and wall time of ``jaxuft qres fit`` on FT5
+(50 frames, the paper's SOAP, 5 components) and of ``examples/paper_qresidual.py``, each in
+its own process, one after the other, with the commit they ran at.
+
+``--monitor``: the cost of the live Q monitor inside MD (``jaxuft.uq.build_monitor``) on the
+paper frame, as a fraction of an MD step: with the model's own descriptors and with SOAP.
+Measured two ways in one run: the monitor program alone against the step's energy+forces
+program on the same graph, and MD segments with and without the monitor (recording, hence
+evaluating it, every step and every 10th step).  The model's graph must hold SOAP's whole
+neighbourhood (``r_cut`` + padding), so SOAP here uses the largest ``r_cut`` the model's
+cutoff allows (n_max 8, l_max 6, sigma 0.375, the 7 species).
 
 Appends a table to benchmarks/RESULTS.md (device: whatever JAX runs on; set
 ``JAX_PLATFORMS=cpu`` to force the CPU).
@@ -35,6 +50,162 @@ def median_time(fn, repeats):
     return float(np.median(times)), out
 
 
+def _min_time(fn, repeats):
+    import jax
+
+    jax.block_until_ready(fn())
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t)
+    return float(np.min(ts))
+
+
+def monitor_cost(args) -> int:
+    """Issue 15 item 3: the live Q monitor's cost as a fraction of an MD step (see the module docstring)."""
+    import os
+
+    import ase.io
+    import jax
+
+    import jaxuft
+    from jaxuft import md
+    from jaxuft.uq import PCA, SOAP, build_monitor
+    from jaxuft.uq.soap import _THRESHOLD, graph_descriptor_fn
+
+    data = Path(args.data) / "chclca"
+    frame = ase.io.read(data / "test/independent.xyz", 0)
+    train = ase.io.read(data / "train/naive/N-50.xyz", f":{args.train_frames}")
+    pot = jaxuft.load(args.model, dtype=args.dtype)
+    species = sorted(set(frame.get_chemical_symbols()))
+    sigma = 0.375
+    r_cut = float(np.floor((pot.cutoff - sigma * np.sqrt(-2.0 * np.log(_THRESHOLD))) * 10) / 10)
+    soap = SOAP(species, r_cut, 8, 6, sigma, periodic=True, dtype=args.dtype)
+    monitors = {
+        "model descriptors": build_monitor(pot, PCA(5, dtype=args.dtype).fit(pot.descriptors(train)), None),
+        f"SOAP (r_cut {r_cut:g})": build_monitor(
+            pot, PCA(5, dtype=args.dtype).fit(soap.compute(train)), None,
+            descriptor_fn=graph_descriptor_fn(soap, pot.atomic_numbers, pot.cutoff)),
+    }
+    graph = pot.graph(frame)
+    efs = pot.compiled("efs")
+    t_efs = _min_time(lambda: efs(pot.params, graph), args.repeats)
+
+    safety = md.Safety(max_temperature=1e9, min_distance=0.0)
+    steps = args.steps
+
+    def md_ms(observables=None, extra=None, record_every=1):
+        sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety,
+                            observables=observables)
+        start = sim.init(frame, replicas=1, seed=0)
+        sim.run(start, n_steps=steps, record_every=record_every, extra=extra, progress=False)  # compile
+        best = np.inf
+        for _ in range(2):
+            t = time.perf_counter()
+            sim.run(start, n_steps=steps, record_every=record_every, extra=extra, progress=False)
+            best = min(best, time.perf_counter() - t)
+        return 1e3 * best / steps
+
+    base = {k: md_ms(record_every=k) for k in (1, 10)}
+    rows = [["MD step, no monitor (record every 1 / 10)", f"{base[1]:.1f} / {base[10]:.1f}", "", "", ""],
+            ["energy+forces alone (same graph)", f"{1e3 * t_efs:.1f}", "", "", ""]]
+    for name, mon in monitors.items():
+        fn = jax.jit(mon.fn)
+        t_mon = _min_time(lambda: fn(pot.params, graph, mon.extra_args), args.repeats)
+        with_mon = {k: md_ms(mon.fn, mon.extra_args, k) for k in (1, 10)}
+        rows.append([f"monitor, {name}", f"{1e3 * t_mon:.1f}", f"{100 * t_mon / t_efs:.1f}",
+                     f"{100 * (with_mon[1] / base[1] - 1):.1f}", f"{100 * (with_mon[10] / base[10] - 1):.1f}"])
+    load = os.getloadavg()[0]
+    notes = (
+        f"{args.model} ({args.dtype}, cutoff {pot.cutoff:g} Å) on the paper frame chclca/test/independent.xyz[0] "
+        f"(197 atoms), 1 replica, Langevin 0.5 fs; PCA 5 components on {args.train_frames} N-50 frames. "
+        f"Columns: ms per call of the monitor program alone (min of {args.repeats}); that as % of an energy+forces "
+        f"call on the same graph; the increase of the MD step time (min of 2 runs of {steps} steps after a "
+        f"compiling run) with the monitor evaluated every step, and every 10th step. SOAP: r_cut {r_cut:g} Å "
+        f"(+ {soap.cutoff_padding:.2f} Å padding <= the model's cutoff), n_max 8, l_max 6, sigma {sigma}, 7 species "
+        f"({soap.n_features} features). 1-min load average at the end {load:.1f} on {os.cpu_count()} cores."
+    )
+    header = ["what", "ms", "% of energy+forces", "% more per MD step (monitor every step)",
+              "% more per MD step (every 10th step)"]
+    if args.no_append:
+        print(notes)
+        for r in rows:
+            print(" | ".join(str(v) for v in r))
+    else:
+        from benchmarks.results import append
+
+        append("Live Q monitor cost inside MD (issue 15 item 3)", header, rows, notes)
+    return 0
+
+
+def _time_v(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``: peak RSS (GB), wall (s), exit status; output to ``log``."""
+    import subprocess
+
+    with open(log, "w") as f:
+        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    text = log.read_text(errors="replace")
+    rss = wall = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Maximum resident set size (kbytes):"):
+            rss = int(line.split(":")[-1]) / 1024**2
+        elif line.startswith("Elapsed (wall clock) time"):
+            parts = [float(x) for x in line.rsplit(" ", 1)[-1].split(":")]
+            wall = sum(v * 60**k for k, v in enumerate(reversed(parts)))
+    return {"rss_gb": rss, "wall_s": wall, "rc": proc.returncode}
+
+
+def memory(args) -> int:
+    """Issue 15 item 5: peak RSS of ``jaxuft qres fit`` on FT5 and of the paper Q-residual example."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+
+    data = Path(args.data) / "chclca"
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "jaxuft", "examples"],
+                           capture_output=True, text=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_qres_mem_"))
+    bin_dir = Path(sys.executable).parent
+    extra = shlex.split(args.example_args or "")
+    runs = [
+        ("`jaxuft qres fit` FT5 (50 frames)",
+         [str(bin_dir / "jaxuft"), "qres", "fit", str(data / "train/periodic/FT5.xyz"), "-o", str(tmp / "pca.npz"),
+          "--quiet"]),
+        ("`examples/paper_qresidual.py`" + (f" {' '.join(extra)}" if extra else ""),
+         [sys.executable, str(ROOT / "examples/paper_qresidual.py"), "--data", str(args.data), "--out",
+          str(tmp / "example"), *extra]),
+    ]
+    if args.only:
+        runs = [r for r in runs if args.only in r[0]]
+    rows = []
+    for name, cmd in runs:
+        res = _time_v(cmd, tmp / f"log_{len(rows)}.txt")
+        print(name, res, flush=True)
+        rows.append([name, f"{res['rss_gb']:.2f}" if res["rss_gb"] else "?",
+                     f"{res['wall_s']:.0f}" if res["wall_s"] else "?", res["rc"]])
+    load = os.getloadavg()[0]
+    notes = (f"Each command in its own process, one after the other, at commit {rev}"
+             + (" (with uncommitted changes in jaxuft/ or examples/)" if dirty else "")
+             + f"; peak RSS = /usr/bin/time -v's maximum resident set size. SOAP r_cut 5 / n_max 8 / l_max 6 / "
+             f"sigma 0.375, 7 species (11172 features), float64, 5 components. 1-min load average at the end "
+             f"{load:.1f} on {os.cpu_count()} cores (shared machine). Logs: {tmp}.")
+    header = ["command", "peak RSS (GB)", "wall (s)", "exit status"]
+    if args.no_append:
+        print(notes)
+        for r in rows:
+            print(" | ".join(str(v) for v in r))
+    else:
+        from benchmarks.results import append
+
+        append("Q-residual peak memory (issue 15 item 5)", header, rows, notes)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "paper-data"))
@@ -42,7 +213,18 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-frames", type=int, default=10, help="frames for the batched SOAP throughput row")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    ap.add_argument("--monitor", action="store_true", help="measure the live Q monitor's cost inside MD instead")
+    ap.add_argument("--model", default="sevennet-0", help="--monitor: the MD model (name or path)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="--monitor: MD dtype")
+    ap.add_argument("--steps", type=int, default=20, help="--monitor: steps per timed MD segment")
+    ap.add_argument("--memory", action="store_true", help="peak RSS of `jaxuft qres fit` on FT5 and of the example")
+    ap.add_argument("--example-args", default="", help="--memory: extra arguments for examples/paper_qresidual.py")
+    ap.add_argument("--only", default=None, help="--memory: run only the command whose name contains this")
     args = ap.parse_args(argv)
+    if args.monitor:
+        return monitor_cost(args)
+    if args.memory:
+        return memory(args)
 
     data = Path(args.data) / "chclca"
     if not data.exists():

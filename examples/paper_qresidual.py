@@ -21,6 +21,8 @@ Usage::
 
 Plots and a ``summary.json`` go to ``--out/<descriptor>/``.  On a 2-core CPU the SOAP
 part takes a few minutes (the 11 172 × 11 172 covariance dominates); on a GPU seconds.
+Memory: one 11 172² float64 sum per training set (1 GB each) and nothing of that size
+besides; descriptors are streamed, not kept (peak RSS in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -64,48 +66,57 @@ def print_table(title: str, symbols, tables: dict) -> None:
 
 
 def analyse(label: str, descriptor, train: dict, long: dict, out: Path, n_components: int = 5, dtype: str = "float64") -> dict:
-    """Steps 2-4 for one descriptor; returns the numbers written to summary.json."""
-    from jaxuft.uq import ElementLimits, per_structure_element, plots
-    from jaxuft.uq.analysis import accumulate, descriptors_per_frame, fit_pca, score_arrays, score_frames
+    """Steps 2-4 for one descriptor; returns the numbers written to summary.json.
+
+    Memory: each set's descriptors stream into its covariance accumulator (one ``F x F``
+    sum per set) and are not kept; each set's own PCA reads its sums in place, then the
+    sums are added into one accumulator in place for the joint PCA (no merged copy, no
+    covariance copy); scoring computes the descriptors again, each set once for all PCAs."""
+    from jaxuft.uq import PCA, ElementLimits, per_structure_element, plots
+    from jaxuft.uq.analysis import _progress, accumulate, fit_pca, score_frames, score_frames_multi
 
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"descriptor": descriptor.settings()}
     t0 = time.perf_counter()
-    arrays = {k: descriptors_per_frame(descriptor, frames, progress=True, label=f"{label} {k}") for k, frames in train.items()}
+    accs = {}
+    for k, frames in train.items():
+        stream = (np.asarray(x, dtype=np.float64) for x in descriptor.compute_iter(frames))
+        accs[k] = accumulate(_progress(stream, len(frames), f"{label} {k}", True), dtype, chunk_rows=1024)
     t_desc = time.perf_counter() - t0
-    n_feat = arrays[next(iter(arrays))][0].shape[1]
-    print(f"[{label}] descriptors of {sum(len(v) for v in train.values())} frames: {n_feat} features, {t_desc:.1f} s")
+    n_feat = accs[next(iter(accs))].n_features
+    print(f"[{label}] descriptors + covariance sums of {sum(len(v) for v in train.values())} frames: "
+          f"{n_feat} features, {t_desc:.1f} s")
 
-    # 2. joint PCA ------------------------------------------------------------------
-    t0 = time.perf_counter()
-    accs = {k: accumulate(v, dtype) for k, v in arrays.items()}
+    # 3a. each set's own PCA (the sums are read in place) ---------------------------
     names = list(accs)
-    joint = accs[names[0]]
+    own_pca = {}
+    for k in names:
+        own_pca[k] = fit_pca(accs[k], n_components, dtype=dtype)
+        print(f"[{label}] PCA on {k} alone: explained variance ratio "
+              + " ".join(f"{r:.4f}" for r in own_pca[k].explained_variance_ratio_))
+
+    # 2. joint PCA: the other sets' sums added into the first's, then fitted in place ----
+    t0 = time.perf_counter()
+    joint = accs.pop(names[0])
     for k in names[1:]:
-        joint = joint.merge(accs[k])
-    pca = fit_pca(joint, n_components, dtype=dtype)
+        joint.absorb(accs.pop(k))
+    pca = PCA(n_components, dtype=dtype).fit_accumulator(joint, consume=True)
     del joint
     t_pca = time.perf_counter() - t0
     ratios = pca.explained_variance_ratio_
     print(f"[{label}] PCA ({n_components} components) on {' + '.join(names)}: explained variance ratio "
           + " ".join(f"{r:.4f}" for r in ratios) + f" (sum {ratios.sum():.4f}; {t_pca:.1f} s)")
     summary["joint"] = {"sets": names, "explained_variance_ratio": ratios.tolist(), "fit_s": t_pca}
-    scores = {k: score_arrays(pca, arrays[k], train[k])["scores"] for k in names}
+
+    # 3b. each set under the joint and each own PCA --------------------------------
+    scored = {k: score_frames_multi({"joint": pca, **own_pca}, descriptor, train[k], progress=True,
+                                    label=f"{label} scoring {k}") for k in names}
+    scores = {k: scored[k]["joint"]["scores"] for k in names}
     plots.pc_scatter(scores, out / "pc_scatter.png", explained_ratio=ratios,
                      title=f"{label}: PCA of {' + '.join(names)}")
-
-    # 3. each set's own PCA, each set under the other's ------------------------------
-    own = {}
-    for k in names:
-        p = fit_pca(accs[k], n_components, dtype=dtype)
-        res = score_arrays(p, arrays[k], train[k])
-        own[k] = (p, ElementLimits.from_values(res["q"], res["numbers"], 2.0), res)
-        print(f"[{label}] PCA on {k} alone: explained variance ratio " + " ".join(f"{r:.4f}" for r in p.explained_variance_ratio_))
-    del accs
-    cross = {}
-    for k in names:  # data set
-        for m in names:  # PCA
-            cross[f"{k} | PCA {m}"] = own[m][2] if k == m else score_arrays(own[m][0], arrays[k], train[k])
+    own = {k: (own_pca[k], ElementLimits.from_values(scored[k][k]["q"], scored[k][k]["numbers"], 2.0))
+           for k in names}
+    cross = {f"{k} | PCA {m}": scored[k][m] for k in names for m in names}
     symbols, tables = mean_q_table(cross)
     print_table(f"[{label}] per-element mean Q (set | PCA):", symbols, tables)
     summary["mean_q"] = {c: {s: tables[c][s]["mean"] for s in symbols} for c in tables}
@@ -113,14 +124,14 @@ def analyse(label: str, descriptor, train: dict, long: dict, out: Path, n_compon
     for m in names:
         sets = {k: (cross[f"{k} | PCA {m}"]["q"], cross[f"{k} | PCA {m}"]["numbers"]) for k in names}
         plots.q_distributions(sets, out / f"q_distributions_pca_{m}.png", limits=own[m][1], title=f"{label}: Q under the PCA of {m}")
-    del arrays
+    del scored, cross
 
     # 4. long runs under the model's own training PCA ---------------------------------
     summary["long"] = {}
     for k, frames in long.items():
         if k not in own:
             continue
-        p, lim, _ = own[k]
+        p, lim = own[k]
         res = score_frames(p, descriptor, frames, progress=True)
         t_ns = np.array([0.5e-3 * float(a.info.get("thermo_row", i)) for i, a in enumerate(frames)])
         syms, table = per_structure_element(res["q"], res["numbers"], res["frame_sizes"], "mean")

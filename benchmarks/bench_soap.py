@@ -1,0 +1,172 @@
+"""SOAP of the paper's 197-atom frame: jaxuft (JAX) vs dscribe, per frame and batched, in one run.
+
+Settings as in the paper: r_cut 5 Å, n_max 8, l_max 6, sigma 0.375 Å, periodic, the 7
+species of chclca (11 172 features), float64.  Per frame: ``chclca/test/independent.xyz[0]``;
+batched: the first ``--batch-frames`` frames of ``chclca/train/periodic/FT5.xyz``.  Steady
+timings are the minimum and the median of ``--repeats`` warm calls (host neighbour search,
+device program and the host result included); the first call (compilation) is reported on
+its own.  dscribe runs with ``n_jobs=1``; its batched row is the faster of ``create(list)``
+and a loop over frames.  jaxuft's share of the time (host neighbour search vs device) and
+the process CPU time of both (a steadier figure on a shared machine) are printed too.
+
+    python benchmarks/bench_soap.py [--data ../shared/paper-data] [--repeats 7] [--batch-frames 10]
+                                    [--baseline-commit REV] [--no-append]
+
+``--baseline-commit``: also time ``jaxuft/uq/soap.py`` as it was at that git revision (loaded
+from ``git show`` into a temporary module), in the same run: the before/after of a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def timed(fn, repeats):
+    """(min wall, median wall, min process CPU) over ``repeats`` calls."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c, t = time.process_time(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return float(np.min(walls)), float(np.median(walls)), float(np.min(cpus))
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def load_baseline(rev: str):
+    """``jaxuft/uq/soap.py`` at git revision ``rev`` as a module (its relative imports made absolute)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:jaxuft/uq/soap.py"], check=True,
+                         capture_output=True, text=True).stdout
+    src = src.replace("from ..", "from jaxuft.")
+    path = Path(tempfile.mkdtemp()) / f"soap_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"soap_{rev}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "paper-data"))
+    ap.add_argument("--batch-frames", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--baseline-commit", default=None, help="also time jaxuft/uq/soap.py at this git revision")
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    args = ap.parse_args(argv)
+
+    data = Path(args.data) / "chclca"
+    if not data.exists():
+        print(f"paper data not found at {data}; pass --data", file=sys.stderr)
+        return 2
+    import ase.io
+    import jax
+    from dscribe.descriptors import SOAP as DSOAP
+
+    from jaxuft.md.compilation import CompilationCounter
+    from jaxuft.uq import SOAP
+
+    frame = ase.io.read(data / "test/independent.xyz", 0)
+    batch = ase.io.read(data / "train/periodic/FT5.xyz", f":{args.batch_frames}")
+    species = sorted(set(frame.get_chemical_symbols()))
+    settings = dict(r_cut=5.0, n_max=8, l_max=6, sigma=0.375, periodic=True)
+    ds = DSOAP(species=species, **settings)
+    js = SOAP(species, **settings)
+
+    with CompilationCounter() as cc:
+        t = time.perf_counter()
+        x = js.compute(frame)
+        t_first = time.perf_counter() - t
+    compile_frame = cc.seconds
+    with CompilationCounter() as cc:
+        t = time.perf_counter()
+        js.compute(batch)
+        t_first_batch = time.perf_counter() - t
+    compile_batch = cc.seconds
+    ds.create(frame)
+
+    r = args.repeats
+    with CompilationCounter() as steady:
+        ds1 = timed(lambda: ds.create(frame), r)
+        js1 = timed(lambda: js.compute(frame), r)
+        edges1 = timed(lambda: js.edges(frame), r)
+        rb = max(2, r // 2)
+        ds_list = timed(lambda: ds.create(batch), rb)
+        ds_loop = timed(lambda: [ds.create(a) for a in batch], rb)
+        jsb = timed(lambda: js.compute(batch), rb)
+    base = None
+    if args.baseline_commit:
+        old = load_baseline(args.baseline_commit).SOAP(species, **settings)
+        with CompilationCounter() as cc:
+            t = time.perf_counter()
+            old.compute(frame)
+            old_first = (time.perf_counter() - t, cc.seconds)
+            old.compute(batch)
+        base = (timed(lambda: old.compute(frame), r), timed(lambda: old.compute(batch), max(2, r // 2)), old_first)
+    dsb = min(ds_list, ds_loop)
+    which = "create(list)" if dsb is ds_list else "loop over frames"
+
+    ref = ds.create(frame)
+    scale = np.max(np.abs(ref))
+    err = float(np.max(np.abs(x - ref)) / scale)
+    refb = ds.create(batch).reshape(-1, x.shape[1])
+    errb = float(np.max(np.abs(js.compute(batch) - refb)) / np.max(np.abs(refb)))
+
+    load = os.getloadavg()[0]
+    nb = len(batch)
+    rows = [
+        ["SOAP, 1 frame (197 atoms, 11172 features)", ds1[0], js1[0], ds1[0] / js1[0], ds1[1] / js1[1], ds1[2] / js1[2]],
+        [f"SOAP, {nb} frames batched (dscribe: {which})", dsb[0], jsb[0], dsb[0] / jsb[0], dsb[1] / jsb[1], dsb[2] / jsb[2]],
+        [f"dscribe create(list) of {nb} frames vs its loop", ds_list[0], ds_loop[0], "", "", ""],
+        ["jaxuft host neighbour search, 1 frame", "", edges1[0], "", "", ""],
+        ["jaxuft first call, 1 frame (compile s in brackets)", "", f"{t_first:.3g} ({compile_frame:.3g})", "", "", ""],
+        [f"jaxuft first call, {nb} frames (compile s in brackets)", "", f"{t_first_batch:.3g} ({compile_batch:.3g})", "", "", ""],
+    ]
+    if base is not None:
+        b1, bb, bfirst = base
+        rev = args.baseline_commit
+        rows += [
+            [f"jaxuft at {rev}, 1 frame (vs dscribe)", ds1[0], b1[0], ds1[0] / b1[0], ds1[1] / b1[1], ds1[2] / b1[2]],
+            [f"jaxuft at {rev}, {nb} frames batched (vs dscribe)", dsb[0], bb[0], dsb[0] / bb[0], dsb[1] / bb[1], dsb[2] / bb[2]],
+            [f"jaxuft at {rev}, first call, 1 frame (compile s)", "", f"{bfirst[0]:.3g} ({bfirst[1]:.3g})", "", "", ""],
+        ]
+    notes = (
+        f"Paper frame chclca/test/independent.xyz[0] (197 atoms, 7 species), FT5 frames for the batch; r_cut 5, n_max 8, "
+        f"l_max 6, sigma 0.375, periodic, float64; dscribe n_jobs=1, jaxuft on {jax.devices()[0].platform} with XLA's "
+        f"default threads. Times in s: the minimum of {r} warm calls ({max(2, r // 2)} batched); speedup = dscribe / "
+        f"jaxuft by the minimum, the median and the process CPU time. Compilations during the steady timings: "
+        f"{steady.count}. 1-min load average at the end {load:.1f} on {os.cpu_count()} cores; peak RSS of the run "
+        f"{peak_rss_gb():.2f} GB.\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch)."
+    )
+    header = ["step", "dscribe (s)", "jaxuft (s)", "speedup (min)", "speedup (median)", "speedup (CPU time)"]
+    if args.no_append:
+        print(notes)
+        for row in rows:
+            print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    else:
+        from benchmarks.results import append
+
+        append("SOAP: jaxuft vs dscribe (issue 15 item 3)", header, rows, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
