@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import e3nn_jax
 import flax.linen as nn
@@ -84,15 +85,19 @@ def linear_numel(irreps_in, irreps_out) -> int:
     return sum(mi.mul * mo.mul for mi in irreps_in for mo in irreps_out if mi.ir == mo.ir)
 
 
-def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irreps_mid, instructions):
+def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irreps_mid, instructions, chunks=None):
     """e3nn 'uvu' ``TensorProduct`` with per-edge weights, summed onto the receivers.
 
     x1: (E, dim1) sender features, sh: (E, dim_sh), weights: (E, numel) (zero on padding
     edges); returns (n_nodes, dim_mid).  Per instruction,
     ``msg[e, u, k] = w[e, u] * sum_i x1[e, u, i] * (sum_j sh[e, j] cg[i, j, k])``: the
     spherical harmonics are coupled with the Clebsch-Gordan tensor first (a small matmul),
-    the channels are a broadcast multiply that XLA fuses into the segment sum's input,
     and each instruction is summed on its own (no (E, dim_mid) concatenation).
+
+    ``chunks`` (a :class:`ReceiverChunks`, edges in its slot layout): the edge sum runs inside
+    each chunk (one fused multiply-reduce) and only the per-chunk sums are scattered, so the
+    per-edge message tensor ``(E, mul, 2l+1)`` is never written to memory.  Without it every
+    edge's message is scattered onto its receiver.
     """
     offs1, offs2 = I.offsets(irreps1), I.offsets(irreps_sh)
     outs, w_off = [], 0
@@ -106,12 +111,60 @@ def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irrep
         bc = b @ jnp.asarray(np.transpose(cg, (1, 0, 2)).reshape(m2.dim, m1.dim * mo.dim), x1.dtype)
         bc = bc.reshape(-1, m1.dim, mo.dim)  # (E, i, k)
         aw = a * w[:, :, None]
+        if chunks is not None:
+            B = chunks.size
+            aw = aw.reshape(-1, B, m1.mul, m1.dim)
+            bc = bc.reshape(-1, B, m1.dim, mo.dim)
+            acc = jnp.einsum("cbui,cbik->cuk", aw, bc)  # per-chunk sums (n_chunks, u, k)
+            outs.append(jax.ops.segment_sum(acc.reshape(acc.shape[0], -1), chunks.receiver, num_segments=n_nodes,
+                                            indices_are_sorted=True))
+            continue
         if m1.dim == 1:
             acc = aw[:, :, 0, None] * bc[:, None, 0, :]
         else:  # one fused multiply-reduce over i (its backward has no per-slice pad-and-add)
             acc = jnp.sum(aw[:, :, :, None] * bc[:, None, :, :], axis=2)
         outs.append(jax.ops.segment_sum(acc.reshape(x1.shape[0], -1), receivers, num_segments=n_nodes))
     return jnp.concatenate(outs, axis=-1)
+
+
+class ReceiverChunks(NamedTuple):
+    """Edges regrouped by receiver into chunks of ``size`` slots (a layout, computed in the model).
+
+    Slot ``s`` holds edge ``slot_edge[s]`` (``n_edges`` for an empty slot); all edges of a chunk
+    share its receiver ``receiver[c]`` (non-decreasing).  Each receiver's edges fill
+    ``ceil(deg / size)`` chunks, so ``n_edges / size + n_nodes`` chunks always suffice: the
+    layout never overflows, whatever the neighbour counts.
+    """
+
+    slot_edge: jax.Array  # (n_chunks * size,) int32
+    used: jax.Array  # (n_chunks * size,) bool
+    receiver: jax.Array  # (n_chunks,) int32
+    size: int
+
+
+def receiver_chunks(receivers, n_nodes: int, size: int) -> ReceiverChunks:
+    """The :class:`ReceiverChunks` of an edge list (``receivers (E,)`` in ``[0, n_nodes)``)."""
+    E = receivers.shape[0]
+    n_chunks = -(-E // size) + n_nodes
+    receivers = receivers.astype(jnp.int32)
+    order = jnp.argsort(receivers, stable=True).astype(jnp.int32)
+    deg = jnp.zeros((n_nodes,), jnp.int32).at[receivers].add(1)
+    first = jnp.cumsum(deg) - deg  # first position of each receiver in the sorted order
+    per = (deg + size - 1) // size  # chunks per receiver
+    chunk_end = jnp.cumsum(per)
+    r_sorted = receivers[order]
+    slot = (chunk_end - per)[r_sorted] * size + (jnp.arange(E, dtype=jnp.int32) - first[r_sorted])
+    slot_edge = jnp.full((n_chunks * size,), E, jnp.int32).at[slot].set(order, unique_indices=True)
+    receiver = jnp.searchsorted(chunk_end, jnp.arange(n_chunks, dtype=jnp.int32), side="right")
+    receiver = jnp.minimum(receiver, n_nodes - 1).astype(jnp.int32)  # unused chunks are empty
+    return ReceiverChunks(slot_edge=slot_edge, used=slot_edge < E, receiver=receiver, size=size)
+
+
+def take_slots(x, chunks: ReceiverChunks, fill):
+    """Per-edge array ``x (E, ...)`` in the slot layout of ``chunks``; empty slots get ``fill``."""
+    safe = jnp.minimum(chunks.slot_edge, x.shape[0] - 1)
+    used = chunks.used.reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(used, x[safe], jnp.asarray(fill, x.dtype))
 
 
 def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
@@ -235,6 +288,8 @@ class MACE(nn.Module):
     zbl: tuple | None  # (p, a_exp, a_prefactor, c0, c1, c2, c3)
     radial_act: str
     constants: Constants = field(compare=True)
+    #: edges per receiver chunk of the message sum (see :class:`ReceiverChunks`); 0: scatter every edge
+    edge_chunk: int = 8
 
     def _radii(self, dtype):
         return jnp.asarray(self.constants["covalent_radii"], dtype) if "covalent_radii" in self.constants else None
@@ -253,27 +308,38 @@ class MACE(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (self.n_heads,), dtype)
         shift = self.param("shift", nn.initializers.zeros, (self.n_heads,), dtype)
 
-        lengths = jnp.linalg.norm(vectors, axis=-1)
-        sh_irreps = I.spherical_harmonics_irreps(self.max_ell)
-        sh = e3nn_jax.spherical_harmonics(
-            I.irreps_str(sh_irreps), vectors, normalize=True, normalization="component"
-        ).array
-        cutoff = polynomial_envelope(lengths / self.r_max, self.p_cutoff)
-        r_in = lengths
-        if self.agnesi is not None:
-            q, p, a = self.agnesi
-            r_in = agnesi_transform(lengths, z[senders], z[receivers], q, p, a, self._radii(dtype))
-        freqs = jnp.asarray(self.constants["bessel_weights"], dtype)
-        pref = jnp.asarray(self.constants["bessel_prefactor"], dtype)
-        edge_feats = bessel_basis(r_in, freqs, pref) * cutoff[:, None]
-        edge_feats = jnp.where(edge_mask[:, None], edge_feats, 0.0)
+        chunks = None
+        if self.edge_chunk:
+            with jax.named_scope("mace/edge_layout"):
+                chunks = receiver_chunks(receivers, N, self.edge_chunk)
+                far = jnp.zeros((3,), vectors.dtype).at[0].set(1.0e3)  # empty slots: far outside the cutoff
+                vectors = take_slots(vectors, chunks, 0.0)
+                vectors = jnp.where(chunks.used[:, None], vectors, far)
+                senders = take_slots(senders, chunks, N - 1)
+                receivers = chunks.receiver.repeat(self.edge_chunk)
+                edge_mask = take_slots(edge_mask, chunks, False)
+        with jax.named_scope("mace/edge_geometry"):
+            lengths = jnp.linalg.norm(vectors, axis=-1)
+            sh_irreps = I.spherical_harmonics_irreps(self.max_ell)
+            sh = e3nn_jax.spherical_harmonics(
+                I.irreps_str(sh_irreps), vectors, normalize=True, normalization="component"
+            ).array
+            cutoff = polynomial_envelope(lengths / self.r_max, self.p_cutoff)
+            r_in = lengths
+            if self.agnesi is not None:
+                q, p, a = self.agnesi
+                r_in = agnesi_transform(lengths, z[senders], z[receivers], q, p, a, self._radii(dtype))
+            freqs = jnp.asarray(self.constants["bessel_weights"], dtype)
+            pref = jnp.asarray(self.constants["bessel_prefactor"], dtype)
+            edge_feats = bessel_basis(r_in, freqs, pref) * cutoff[:, None]
+            edge_feats = jnp.where(edge_mask[:, None], edge_feats, 0.0)
 
-        pair = jnp.zeros((N,), dtype)
-        if self.zbl is not None:
-            p_z, a_exp, a_pref, *c = self.zbl
-            ez = zbl_edge_energy(lengths, z[senders], z[receivers], int(p_z), a_exp, a_pref, tuple(c), self._radii(dtype))
-            ez = jnp.where(edge_mask, ez, 0.0)
-            pair = jax.ops.segment_sum(ez, receivers, num_segments=N)
+            pair = jnp.zeros((N,), dtype)
+            if self.zbl is not None:
+                p_z, a_exp, a_pref, *c = self.zbl
+                ez = zbl_edge_energy(lengths, z[senders], z[receivers], int(p_z), a_exp, a_pref, tuple(c), self._radii(dtype))
+                ez = jnp.where(edge_mask, ez, 0.0)
+                pair = jax.ops.segment_sum(ez, receivers, num_segments=N)
 
         first = self.layers[0]
         F0 = first.node_feats_irreps[0].mul
@@ -286,25 +352,31 @@ class MACE(nn.Module):
         for li, spec in enumerate(self.layers):
             pre = f"interactions_{li}"
             residual = "Residual" in spec.interaction
-            if residual:
-                w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.node_feats_irreps, S, spec.skip_irreps_out),), dtype)
-                sc = skip_tensor_product(feats, species, w_skip, spec.node_feats_irreps, S, spec.skip_irreps_out)
-            w_up = self.param(f"{pre}.linear_up", nn.initializers.normal(1.0), (linear_numel(spec.node_feats_irreps, spec.edge_irreps),), dtype)
-            up = linear(feats, spec.node_feats_irreps, spec.edge_irreps, w_up)
-            # radial MLP -> per-edge tensor-product weights
-            hdn = edge_feats
-            sizes = spec.radial_mlp
-            for k in range(len(sizes) - 1):
-                wk = self.param(f"{pre}.radial_mlp.{k}", nn.initializers.normal(1.0), (sizes[k], sizes[k + 1]), dtype)
-                hdn = hdn @ wk / math.sqrt(sizes[k])
-                if k < len(sizes) - 2:
-                    hdn = act(hdn) * spec.radial_act_cst
-            hdn = jnp.where(edge_mask[:, None], hdn, 0.0)  # padding edges carry no message
-            msg = conv_messages(
-                up[senders], sh, hdn, receivers, N, spec.edge_irreps, sh_irreps, spec.irreps_mid, spec.conv_instructions
-            )
-            w_lin = self.param(f"{pre}.linear", nn.initializers.normal(1.0), (linear_numel(spec.irreps_mid, spec.target_irreps),), dtype)
-            msg = linear(msg, spec.irreps_mid, spec.target_irreps, w_lin)
+            with jax.named_scope("mace/skip_tp"):
+                if residual:
+                    w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.node_feats_irreps, S, spec.skip_irreps_out),), dtype)
+                    sc = skip_tensor_product(feats, species, w_skip, spec.node_feats_irreps, S, spec.skip_irreps_out)
+            with jax.named_scope("mace/linear"):
+                w_up = self.param(f"{pre}.linear_up", nn.initializers.normal(1.0), (linear_numel(spec.node_feats_irreps, spec.edge_irreps),), dtype)
+                up = linear(feats, spec.node_feats_irreps, spec.edge_irreps, w_up)
+            with jax.named_scope("mace/radial_mlp"):
+                # radial MLP -> per-edge tensor-product weights
+                hdn = edge_feats
+                sizes = spec.radial_mlp
+                for k in range(len(sizes) - 1):
+                    wk = self.param(f"{pre}.radial_mlp.{k}", nn.initializers.normal(1.0), (sizes[k], sizes[k + 1]), dtype)
+                    hdn = hdn @ wk / math.sqrt(sizes[k])
+                    if k < len(sizes) - 2:
+                        hdn = act(hdn) * spec.radial_act_cst
+                hdn = jnp.where(edge_mask[:, None], hdn, 0.0)  # padding edges carry no message
+            with jax.named_scope("mace/messages"):
+                msg = conv_messages(
+                    up[senders], sh, hdn, receivers, N, spec.edge_irreps, sh_irreps, spec.irreps_mid, spec.conv_instructions,
+                    chunks,
+                )
+            with jax.named_scope("mace/linear"):
+                w_lin = self.param(f"{pre}.linear", nn.initializers.normal(1.0), (linear_numel(spec.irreps_mid, spec.target_irreps),), dtype)
+                msg = linear(msg, spec.irreps_mid, spec.target_irreps, w_lin)
             if "Density" in spec.interaction:  # MPA-0: normalise by a learned smooth neighbour density
                 w_den = self.param(f"{pre}.density_fn", nn.initializers.normal(1.0), (self.num_bessel, 1), dtype)
                 dens_e = jnp.tanh((edge_feats @ w_den / math.sqrt(self.num_bessel))[:, 0] ** 2)
@@ -313,54 +385,58 @@ class MACE(nn.Module):
                 msg = msg / (density[:, None] + 1.0)
             else:
                 msg = msg / spec.avg_num_neighbors
-            if not residual:
-                w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.target_irreps, S, spec.skip_irreps_out),), dtype)
-                msg = skip_tensor_product(msg, species, w_skip, spec.target_irreps, S, spec.skip_irreps_out)
-                sc = None
+            with jax.named_scope("mace/skip_tp"):
+                if not residual:
+                    w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.target_irreps, S, spec.skip_irreps_out),), dtype)
+                    msg = skip_tensor_product(msg, species, w_skip, spec.target_irreps, S, spec.skip_irreps_out)
+                    sc = None
             # product basis: reshape to (N, C, L) over the coupling irreps
-            target = spec.skip_irreps_out if not residual else spec.target_irreps
-            C = target[0].mul
-            parts, o = [], 0
-            for m in target:
-                parts.append(msg[:, o : o + m.mul * m.dim].reshape(N, m.mul, m.dim))
-                o += m.mul * m.dim
-            xr = jnp.concatenate(parts, axis=-1)
-            pre_p = f"products_{li}"
-            outs = []
-            for j, mo in enumerate(spec.hidden_irreps_out):
-                Us = [self.constants[f"{pre_p}.contractions.{j}.U_matrix_{nu}"] for nu in range(1, spec.correlation + 1)]
-                ws = []
-                for nu in range(1, spec.correlation + 1):
-                    name = "weights_max" if nu == spec.correlation else f"weights_{spec.correlation - 1 - nu}"
-                    ws.append(self.param(f"{pre_p}.contractions.{j}.{name}", nn.initializers.normal(0.1), (S, Us[nu - 1].shape[-1], C), dtype))
-                lead = 1 if mo.l > 0 else 0
-                out_j = symmetric_contraction(xr, species, ws, Us, lead)
-                outs.append(out_j.reshape(N, -1))
-            prod = jnp.concatenate(outs, axis=-1)
-            w_pl = self.param(f"{pre_p}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, spec.hidden_irreps_out),), dtype)
-            feats = linear(prod, spec.hidden_irreps_out, spec.hidden_irreps_out, w_pl)
+            with jax.named_scope("mace/symmetric_contraction"):
+                target = spec.skip_irreps_out if not residual else spec.target_irreps
+                C = target[0].mul
+                parts, o = [], 0
+                for m in target:
+                    parts.append(msg[:, o : o + m.mul * m.dim].reshape(N, m.mul, m.dim))
+                    o += m.mul * m.dim
+                xr = jnp.concatenate(parts, axis=-1)
+                pre_p = f"products_{li}"
+                outs = []
+                for j, mo in enumerate(spec.hidden_irreps_out):
+                    Us = [self.constants[f"{pre_p}.contractions.{j}.U_matrix_{nu}"] for nu in range(1, spec.correlation + 1)]
+                    ws = []
+                    for nu in range(1, spec.correlation + 1):
+                        name = "weights_max" if nu == spec.correlation else f"weights_{spec.correlation - 1 - nu}"
+                        ws.append(self.param(f"{pre_p}.contractions.{j}.{name}", nn.initializers.normal(0.1), (S, Us[nu - 1].shape[-1], C), dtype))
+                    lead = 1 if mo.l > 0 else 0
+                    out_j = symmetric_contraction(xr, species, ws, Us, lead)
+                    outs.append(out_j.reshape(N, -1))
+                prod = jnp.concatenate(outs, axis=-1)
+            with jax.named_scope("mace/linear"):
+                w_pl = self.param(f"{pre_p}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, spec.hidden_irreps_out),), dtype)
+                feats = linear(prod, spec.hidden_irreps_out, spec.hidden_irreps_out, w_pl)
             if sc is not None:
                 feats = feats + sc
             n_scalar = spec.hidden_irreps_out[0].mul if spec.hidden_irreps_out[0].l == 0 else 0
             layer_scalars.append(feats[:, :n_scalar])
             # readout
-            pre_r = f"readouts_{li}"
-            out_heads = (I.MulIr(self.n_heads, 0, 1),)
-            if spec.readout[0] == "linear":
-                w_r = self.param(f"{pre_r}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, out_heads),), dtype)
-                e = linear(feats, spec.hidden_irreps_out, out_heads, w_r)
-            else:
-                _, mlp_dim, act_name, act_cst = spec.readout
-                mlp_irreps = (I.MulIr(mlp_dim, 0, 1),)
-                w1 = self.param(f"{pre_r}.linear_1", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, mlp_irreps),), dtype)
-                hid = ACTIVATIONS[act_name](linear(feats, spec.hidden_irreps_out, mlp_irreps, w1)) * act_cst
-                if self.n_heads > 1:  # mace's mask_head: keep the hidden units of the chosen head
-                    per = mlp_dim // self.n_heads
-                    keep = (jnp.arange(mlp_dim) // per) == h
-                    hid = jnp.where(keep[None, :], hid, 0.0)
-                w2 = self.param(f"{pre_r}.linear_2", nn.initializers.normal(1.0), (linear_numel(mlp_irreps, out_heads),), dtype)
-                e = linear(hid, mlp_irreps, out_heads, w2)
-            node_es.append(e[:, h])
+            with jax.named_scope("mace/readout"):
+                pre_r = f"readouts_{li}"
+                out_heads = (I.MulIr(self.n_heads, 0, 1),)
+                if spec.readout[0] == "linear":
+                    w_r = self.param(f"{pre_r}.linear", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, out_heads),), dtype)
+                    e = linear(feats, spec.hidden_irreps_out, out_heads, w_r)
+                else:
+                    _, mlp_dim, act_name, act_cst = spec.readout
+                    mlp_irreps = (I.MulIr(mlp_dim, 0, 1),)
+                    w1 = self.param(f"{pre_r}.linear_1", nn.initializers.normal(1.0), (linear_numel(spec.hidden_irreps_out, mlp_irreps),), dtype)
+                    hid = ACTIVATIONS[act_name](linear(feats, spec.hidden_irreps_out, mlp_irreps, w1)) * act_cst
+                    if self.n_heads > 1:  # mace's mask_head: keep the hidden units of the chosen head
+                        per = mlp_dim // self.n_heads
+                        keep = (jnp.arange(mlp_dim) // per) == h
+                        hid = jnp.where(keep[None, :], hid, 0.0)
+                    w2 = self.param(f"{pre_r}.linear_2", nn.initializers.normal(1.0), (linear_numel(mlp_irreps, out_heads),), dtype)
+                    e = linear(hid, mlp_irreps, out_heads, w2)
+                node_es.append(e[:, h])
 
         inter = sum(node_es)
         inter = scale[h] * inter + shift[h]
