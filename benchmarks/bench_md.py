@@ -4,6 +4,7 @@
     python benchmarks/bench_md.py --quick --ticks-ab            # cost of the in-scan progress ticks
     python benchmarks/bench_md.py --model sevennet-0 --model PATH_TO_CONVERTED_MACE
     python benchmarks/bench_md.py --torch-model .cache/reference/models/mp0b-small-s0-float32-*.model
+    python benchmarks/bench_md.py --model sevennet-0 --peer torchsim --replicas 1 4 16
 
 Systems: the 197-atom paper frame (first frame of
 ``../shared/paper-data/chclca/test/independent.xyz``; skipped with a message if absent)
@@ -16,6 +17,13 @@ relative to one replica (the issue's goal: <= 0.7 at R = 16).
 conversion) and runs mace-torch's ``MACECalculator`` with ASE's ``Langevin`` in the mace
 reference venv (``.venvs/mace``, see tests/reference/make_venvs.sh) on the same structure,
 so the single-trajectory speed-up is measured on identical weights in one run.
+``--peer torchsim`` runs TorchSim (``torch-sim-atomistic``, the batched-MD peer a user would pick
+instead) in its own venv (``.venvs/torchsim``, ``tests/reference/make_venvs.sh torchsim``) on the
+same systems and replica counts: SevenNet-0 from the checkpoint that sevenn ships (the same file
+jaxuft's ``sevennet-0`` converts), TorchSim's batched BAOAB Langevin (``nvt_langevin``), float32,
+all replicas in one ``SimState``; rows give the jaxuft / TorchSim atom-steps/s ratio at each R.
+Both sides use the same thread count (``--torch-threads``, default: all schedulable cores) and the
+same glibc allocator settings (jaxuft/host_memory.py's, passed as environment variables).
 Rows are appended to benchmarks/RESULTS.md (``--no-append`` to skip).
 """
 
@@ -36,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PAPER_FRAME = REPO.parent / "shared" / "paper-data" / "chclca" / "test" / "independent.xyz"
 MACE_PYTHON = REPO / ".venvs" / "mace" / "bin" / "python"
+TORCHSIM_PYTHON = REPO / ".venvs" / "torchsim" / "bin" / "python"
 
 TORCH_MD_SCRIPT = r"""
 import json, sys, time, warnings, os
@@ -59,6 +68,68 @@ print(json.dumps({"steps": steps, "wall_s": wall, "warmup_s": warm, "atoms": len
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "temperature": float(atoms.get_temperature())}))
 """
+
+
+TORCHSIM_MD_SCRIPT = r"""
+import json, sys, time, warnings, os
+warnings.filterwarnings("ignore")
+import numpy as np, torch
+from ase import units
+from ase.io import read
+from importlib.metadata import version
+import torch_sim as ts
+from torch_sim.models.sevennet import SevenNetModel
+from sevenn.util import model_from_checkpoint, pretrained_name_to_path
+structure, replicas, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if threads > 0:
+    torch.set_num_threads(threads)
+atoms = read(structure, index=0)
+path = pretrained_name_to_path("7net-0_11Jul2024")
+net, _ = model_from_checkpoint(path)
+model = SevenNetModel(model=net, modal=None, device=torch.device("cpu"), dtype=torch.float32)
+state = ts.io.atoms_to_state([atoms.copy() for _ in range(replicas)], device=torch.device("cpu"), dtype=torch.float32)
+f32 = lambda x: torch.tensor(x, dtype=torch.float32)
+init_fn, update_fn = ts.integrators.nvt_langevin(model, dt=f32(0.5 * units.fs), kT=f32(300 * units.kB),
+                                                 gamma=f32(0.01 / units.fs), seed=0)
+t0 = time.perf_counter(); state = init_fn(state)
+for _ in range(2):
+    state = update_fn(state)
+warm = time.perf_counter() - t0
+t0 = time.perf_counter()
+for _ in range(steps):
+    state = update_fn(state)
+wall = time.perf_counter() - t0
+ke = 0.5 * float((state.momenta ** 2 / state.masses[:, None]).sum())
+print(json.dumps({"steps": steps, "wall_s": wall, "warmup_s": warm, "atoms": len(atoms), "replicas": replicas,
+                  "torch": torch.__version__, "torch_sim": version("torch-sim-atomistic"),
+                  "sevenn": version("sevenn"), "threads": torch.get_num_threads(),
+                  "checkpoint": os.path.basename(path),
+                  "temperature": 2 * ke / (3 * len(atoms) * replicas * units.kB)}))
+"""
+
+
+def torchsim_reference(atoms, replicas: int, steps: int, threads: int) -> dict | None:
+    """TorchSim + SevenNet-0 batched Langevin in the torchsim venv (same allocator settings as jaxuft)."""
+    if not TORCHSIM_PYTHON.exists():
+        print(f"[bench_md] no torchsim venv at {TORCHSIM_PYTHON}: run tests/reference/make_venvs.sh torchsim")
+        return None
+    from ase.io import write
+
+    from jaxuft import host_memory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frame.traj"
+        write(path, atoms)
+        cmd = [str(TORCHSIM_PYTHON), "-c", TORCHSIM_MD_SCRIPT, str(path), str(replicas), str(steps), str(threads)]
+        env = dict(os.environ)
+        env.update(host_memory.environment())
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, env=env)
+    if res.returncode != 0:
+        print(f"[bench_md] TorchSim reference failed:\n{res.stderr[-2000:]}")
+        return None
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["atom_steps_per_s"] = out["atoms"] * replicas * steps / out["wall_s"]
+    return out
 
 
 def systems(quick: bool):
@@ -181,7 +252,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--budget-s", type=float, default=300.0,
                     help="skip a replica count when its estimated time exceeds this (from smaller R)")
-    ap.add_argument("--torch-threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch threads (0: mace-torch: torch default; TorchSim: all schedulable cores)")
+    ap.add_argument("--peer", choices=["torchsim"], default=None,
+                    help="also run TorchSim + SevenNet-0 (batched Langevin) at the same systems and replica counts")
     ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     ap.add_argument("--ticks-ab", action="store_true",
@@ -191,7 +265,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.replicas = [1, 4]
         args.steps = min(args.steps, 10)
-    models = args.model or ([] if args.torch_model else ["morse"])
+    models = args.model or ([] if (args.torch_model or args.peer) else ["morse"])
+    if args.peer == "torchsim" and "sevennet-0" not in models:
+        models = models + ["sevennet-0"]
     if args.torch_model:
         models = models + [args.torch_model]
     sys_atoms = systems(args.quick)
@@ -263,6 +339,26 @@ def main(argv=None) -> int:
                 notes.append(f"{sname}: jaxuft single trajectory / mace-torch+ASE ({alloc}) = {speedup:.2f}x (same weights).")
                 print(f"[bench_md] mace-torch + ASE {sname} ({alloc}): {1e3 * ref['wall_s'] / args.steps:.1f} ms/step; "
                       f"jaxuft/torch speed-up {speedup:.2f}x", flush=True)
+
+    if args.peer == "torchsim":
+        threads = args.torch_threads or len(os.sched_getaffinity(0))
+        for sname, atoms in sys_atoms.items():
+            for r in sorted(args.replicas):
+                ours = next((row for row in rows if row[0] == "sevennet-0" and row[1] == sname and row[3] == r), None)
+                if ours is None:
+                    continue  # skipped on our side (budget): no pair to compare
+                ref = torchsim_reference(atoms, r, args.steps, threads)
+                if ref is None:
+                    continue
+                ratio = ours[5] / ref["atom_steps_per_s"]
+                rows.append([f"TorchSim {ref['torch_sim']} + sevenn {ref['sevenn']} SevenNet-0, nvt_langevin "
+                             f"(torch {ref['torch']}, {ref['threads']} thr)", sname, ref["atoms"], r,
+                             round(1e3 * ref["wall_s"] / args.steps, 2), round(ref["atom_steps_per_s"]),
+                             f"jaxuft/TorchSim {ratio:.2f}x", "-", "-"])
+                notes.append(f"{sname} R={r}: jaxuft / TorchSim = {ratio:.2f}x.")
+                print(f"[bench_md] TorchSim {sname} R={r}: {1e3 * ref['wall_s'] / args.steps:.1f} ms/step, "
+                      f"{ref['atom_steps_per_s']:.0f} atom-steps/s; jaxuft/TorchSim {ratio:.2f}x "
+                      f"(T at the end {ref['temperature']:.0f} K)", flush=True)
 
     header = ["model", "system", "atoms", "replicas", "ms/step", "atom-steps/s", "cost/atom-step vs R=1",
               "compile s", "recompiles"]
