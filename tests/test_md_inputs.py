@@ -75,8 +75,9 @@ def test_degenerate_cell_and_bad_structures(no_compilation):
         sim.init(nan)
     with pytest.raises(UnknownElementError, match="Fe"):
         sim.init(Atoms("CuFe", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[8, 8, 8], pbc=True))
-    other = cu_crystal()[:-1]
-    with pytest.raises(md.MDInputError, match="composition"):
+    other = cu_crystal()[:-1]  # another size is a mixed batch (tests/test_md_mixed.py); its pbc must match
+    other.pbc = (True, True, False)
+    with pytest.raises(md.MDInputError, match="share one pbc"):
         sim.init([cu_crystal(), other])
     with pytest.raises(md.MDInputError, match="replicas"):
         sim.init([cu_crystal(), cu_crystal()], replicas=3)

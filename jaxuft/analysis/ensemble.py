@@ -99,15 +99,18 @@ def observable_stats(x, dt: float | None = None) -> dict:
     ``dt``: time between frames (e.g. fs); adds ``tau_time``.  Errors are standard errors of the mean."""
     x = _as_2d(x)
     r, f = x.shape
-    tau = integrated_time(x)
     var = float(np.var(x))  # pooled around the grand mean
+    constant = np.ptp(x) <= 1e-12 * max(1.0, float(np.max(np.abs(x))))  # up to round-off (e.g. an NVT volume)
+    if constant:
+        var = 0.0
+    tau = 1.0 if constant else integrated_time(x)
     n = x.size
     means = x.mean(axis=1)
     out = {
         "mean": float(x.mean()),
         "sem": float(np.sqrt(var * tau / n)),
         "sem_naive": float(np.sqrt(var / max(n - 1, 1))),
-        "sem_blocking": blocking_error(x),
+        "sem_blocking": 0.0 if constant else blocking_error(x),
         "sem_between_replicas": float(np.std(means, ddof=1) / np.sqrt(r)) if r > 1 else None,
         "std": float(np.sqrt(var)),
         "tau_frames": tau,
