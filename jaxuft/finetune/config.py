@@ -147,6 +147,12 @@ class FinetuneConfig(_Config):
     replay_count: int = Field(40, ge=1, description="generated replay structures")
     replay_holdout: float = Field(0.25, ge=0, lt=1, description="fraction of replay frames held out to measure "
                                                                "forgetting")
+    replay_max_force: Optional[float] = Field(
+        20.0, gt=0, description="drop pseudo-labelled replay frames with a force component above this (eV/Å); "
+                                "none for no limit")
+    replay_max_energy: Optional[float] = Field(
+        5.0, description="drop pseudo-labelled replay frames whose energy is more than this above the model's E0s "
+                         "(eV/atom); none for no limit")
     replay_labels: Literal["pseudo", "file"] = Field("pseudo", description="pseudo (label with the initial model) "
                                                                            "or file")
     energy_key: Optional[str] = Field(None, description="info key of the energy label")

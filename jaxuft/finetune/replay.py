@@ -9,6 +9,15 @@ binary rock-salt/CsCl/zinc-blende crystals, random fcc alloys).  The initial
 model labels them (pseudo-labels: energy, forces, stress), and they join the
 training batches with their own weight.  A held-out part measures forgetting:
 the change of error on it relative to the initial model.
+
+Pseudo-labels are screened (:func:`screen`): a generated crystal can be far from
+anything the model was trained on (e.g. a rock-salt "crystal" of H and N at
+covalent distances, 1.4 Å³/atom), where the model extrapolates to energies of
+1e10 eV and forces of 1e12 eV/Å.  Such labels are not "what the model knows":
+they dominated the loss (~1e19) and the replay hold-out of SevenNet-0 fine-tunes.
+Frames with a force component above ``max_force`` or an energy per atom more than
+``max_energy`` above the model's E0s are dropped (and counted); generation draws
+more candidates until ``n`` pass (:func:`generate_replay`).
 """
 
 from __future__ import annotations
@@ -139,6 +148,66 @@ def pseudo_label(potential, params, structures: Sequence[Atoms], batch_size: int
             fr.stress = out["stress"][j].copy() if np.all(fr.atoms.get_pbc()) else None
             start += n
     return frames
+
+
+def screen(frames: Sequence[Frame], max_force: float | None, max_energy: float | None,
+           e0s: dict | None = None) -> tuple[list[Frame], list[dict]]:
+    """(kept frames, [{source, reason}] of the dropped ones) by the pseudo-label limits.
+
+    max_force: largest allowed |force component| (eV/Å); max_energy: largest allowed
+    ``(E - sum_i E0[Z_i]) / n`` (eV/atom; skipped when ``e0s`` is None). None: no limit.
+    Non-finite labels are always dropped.
+    """
+    kept, dropped = [], []
+    for fr in frames:
+        reason = None
+        f = np.asarray(fr.forces) if fr.forces is not None else np.zeros((0, 3))
+        if fr.energy is None or not np.isfinite(fr.energy) or not np.all(np.isfinite(f)):
+            reason = "non-finite label"
+        elif max_force is not None and f.size and float(np.abs(f).max()) > max_force:
+            reason = f"max |force| {float(np.abs(f).max()):.3g} eV/Å > {max_force:g}"
+        elif max_energy is not None and e0s is not None:
+            nums = fr.atoms.get_atomic_numbers()
+            if all(int(z) in e0s for z in nums):
+                e_rel = (fr.energy - sum(e0s[int(z)] for z in nums)) / len(nums)
+                if e_rel > max_energy:
+                    reason = f"energy {e_rel:.3g} eV/atom above the E0s > {max_energy:g}"
+        if reason is None:
+            kept.append(fr)
+        else:
+            dropped.append({"source": fr.source, "formula": fr.atoms.get_chemical_formula(), "reason": reason})
+    return kept, dropped
+
+
+def generate_replay(potential, params, atomic_numbers: Sequence[int], n: int, seed: int, *, batch_size: int = 8,
+                    weight: float = 1.0, plan: ShapePlan | None = None, max_force: float | None = 20.0,
+                    max_energy: float | None = 5.0, e0s: dict | None = None, max_rounds: int = 10):
+    """``n`` generated, pseudo-labelled replay frames that pass :func:`screen`, and the dropped candidates.
+
+    Round 0 draws ``n`` candidates with ``seed`` (so when none is dropped the set is exactly
+    ``generate_structures(..., n, seed)``); later rounds draw twice the shortfall with
+    ``seed + round``.  Raises RuntimeError when ``max_rounds`` rounds leave fewer than ``n``.
+    """
+    kept: list[Frame] = []
+    dropped: list[dict] = []
+    for r in range(max_rounds):
+        need = n - len(kept)
+        if need <= 0:
+            break
+        count = need if r == 0 else max(4, 2 * need)
+        structures = generate_structures(atomic_numbers, n=count, seed=seed + 100003 * r)
+        frames = pseudo_label(potential, params, structures, batch_size=batch_size, weight=weight,
+                              source=f"generated replay r{r}" if r else "generated replay", plan=plan)
+        ok, bad = screen(frames, max_force, max_energy, e0s)
+        kept += ok[:need]
+        dropped += bad
+    if len(kept) < n:
+        raise RuntimeError(
+            f"replay generation: only {len(kept)} of {n} generated structures have pseudo-labels within the limits "
+            f"(replay_max_force {max_force}, replay_max_energy {max_energy}) after {max_rounds} rounds; raise the "
+            "limits, lower replay_count or give replay structures from a file"
+        )
+    return kept, dropped
 
 
 def split_holdout(frames: Sequence[Frame], fraction: float, seed: int):

@@ -31,7 +31,7 @@ from .e0s import E0_MODES, E0Error, describe, find_e0_leaf, lstsq_e0s, model_e0s
 from .evaluation import eval_step_fn
 from .optim import make_optimizer
 from .params import ParamSplit, lr_scales, n_scalars, param_groups, select_trainable
-from .replay import generate_structures, pseudo_label, split_holdout
+from .replay import generate_replay, pseudo_label, screen, split_holdout
 from .step import train_step_fn
 from .trunk import TrunkCache, affine_leaves, split_cache
 
@@ -295,11 +295,17 @@ class TrainerSetup:
 
     def _setup_replay(self, replay, keys) -> None:
         cfg, pot = self.config, self.init_potential
+        e0s = model_e0s(pot, self.params_init, self.e0_path)
+        limits = dict(max_force=cfg.replay_max_force, max_energy=cfg.replay_max_energy, e0s=e0s)
+        dropped: list = []
         if isinstance(replay, str) and replay == "generate":
             zs = sorted({int(z) for s in self.train_samples for z in s.numbers})
-            structures = generate_structures(zs, n=cfg.replay_count, seed=cfg.seed)
-            frames = pseudo_label(pot, self.params_init, structures, batch_size=cfg.batch_size,
-                                  weight=cfg.replay_weight, source="generated replay", plan=self.plan)
+            try:
+                frames, dropped = generate_replay(pot, self.params_init, zs, cfg.replay_count, cfg.seed,
+                                                  batch_size=cfg.batch_size, weight=cfg.replay_weight,
+                                                  plan=self.plan, **limits)
+            except RuntimeError as exc:
+                raise FinetuneError(str(exc)) from None
             kind = "generated"
         else:
             if cfg.replay_labels == "file":
@@ -310,7 +316,15 @@ class TrainerSetup:
                 raw = read_frames(replay, require=(), name="replay data", **keys)
                 frames = pseudo_label(pot, self.params_init, [f.atoms for f in raw], batch_size=cfg.batch_size,
                                       weight=cfg.replay_weight, source="replay", plan=self.plan)
+                frames, dropped = screen(frames, **limits)
+                if not frames:
+                    raise FinetuneError(
+                        f"replay: all {len(raw)} structures have pseudo-labels beyond the limits (replay_max_force "
+                        f"{cfg.replay_max_force}, replay_max_energy {cfg.replay_max_energy}): {dropped[0]['reason']}")
             kind = "file"
+        if dropped:
+            self.log(f"replay: dropped {len(dropped)} structure(s) whose pseudo-labels are beyond the limits "
+                     f"(e.g. {dropped[0]['formula']}: {dropped[0]['reason']})")
         fit, hold = split_holdout(frames, cfg.replay_holdout, cfg.seed)
         for f in hold:
             f.weight = 1.0
@@ -325,6 +339,8 @@ class TrainerSetup:
             "n_holdout": len(hold),
             "weight": cfg.replay_weight,
             "fingerprint": fingerprint(frames),
+            "dropped": len(dropped),
+            "dropped_examples": dropped[:5],
         }
 
     def _build_cache(self) -> None:
