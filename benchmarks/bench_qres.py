@@ -50,6 +50,12 @@ def median_time(fn, repeats):
     return float(np.median(times)), out
 
 
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
 def _min_time(fn, repeats):
     import jax
 
@@ -124,7 +130,8 @@ def monitor_cost(args) -> int:
         f"call on the same graph; the increase of the MD step time (min of 2 runs of {steps} steps after a "
         f"compiling run) with the monitor evaluated every step, and every 10th step. SOAP: r_cut {r_cut:g} Å "
         f"(+ {soap.cutoff_padding:.2f} Å padding <= the model's cutoff), n_max 8, l_max 6, sigma {sigma}, 7 species "
-        f"({soap.n_features} features). 1-min load average at the end {load:.1f} on {os.cpu_count()} cores."
+        f"({soap.n_features} features). 1-min load average at the end {load:.1f} on {os.cpu_count()} cores; "
+        f"peak RSS of the run {_peak_rss_gb():.2f} GB."
     )
     header = ["what", "ms", "% of energy+forces", "% more per MD step (monitor every step)",
               "% more per MD step (every 10th step)"]

@@ -108,6 +108,9 @@ def main(argv=None) -> int:
         ds1 = timed(lambda: ds.create(frame), r)
         js1 = timed(lambda: js.compute(frame), r)
         edges1 = timed(lambda: js.edges(frame), r)
+        consts = js.constants()
+        prepared = next(iter(js._batches([frame])))
+        run1 = timed(lambda: js._run(consts, prepared), r)  # slots + device program + host view
         rb = max(2, r // 2)
         ds_list = timed(lambda: ds.create(batch), rb)
         ds_loop = timed(lambda: [ds.create(a) for a in batch], rb)
@@ -137,6 +140,7 @@ def main(argv=None) -> int:
         [f"SOAP, {nb} frames batched (dscribe: {which})", dsb[0], jsb[0], dsb[0] / jsb[0], dsb[1] / jsb[1], dsb[2] / jsb[2]],
         [f"dscribe create(list) of {nb} frames vs its loop", ds_list[0], ds_loop[0], "", "", ""],
         ["jaxuft host neighbour search, 1 frame", "", edges1[0], "", "", ""],
+        ["jaxuft slots + device program + host view, 1 frame", "", run1[0], "", "", ""],
         ["jaxuft first call, 1 frame (compile s in brackets)", "", f"{t_first:.3g} ({compile_frame:.3g})", "", "", ""],
         [f"jaxuft first call, {nb} frames (compile s in brackets)", "", f"{t_first_batch:.3g} ({compile_batch:.3g})", "", "", ""],
     ]
