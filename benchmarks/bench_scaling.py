@@ -119,6 +119,7 @@ def sweep(args) -> list[dict]:
     done, results = set(), []
     if args.resume and OUT_JSON.exists():
         results = json.loads(OUT_JSON.read_text())["points"]
+        results = [p for p in results if "skipped" not in p]  # skipped points are tried again
         done = {(p["sweep"], p["model"], p["system"], p["tile"], p["replicas"]) for p in results}
     for spec in plan:
         key = (spec["sweep"], spec["model"], spec["system"], spec["tile"], spec["replicas"])
@@ -128,7 +129,9 @@ def sweep(args) -> list[dict]:
         n_total = {"paper-197": 197, "nacl-8": 8}[spec["system"]] * spec["tile"] * spec["replicas"]
         same = [p for p in results if p["model"] == spec["model"] and "ms_per_step" in p]
         if len(same) >= 1:
-            per = np.median([p["ms_per_step"] / (p["atoms"] * p["replicas"]) for p in same])
+            # time per atom-step from the same system's points when there are any (a tiny cell's differs)
+            near = [p for p in same if p["system"] == spec["system"]] or same
+            per = np.median([p["ms_per_step"] / (p["atoms"] * p["replicas"]) for p in near])
             est_s = per * n_total * spec["steps"] * 2 / 1e3 + max(p["compile_s"] for p in same)
             xs = [p["atoms"] * p["replicas"] for p in same]
             ys = [p["peak_rss_gb"] for p in same]
@@ -224,15 +227,19 @@ def plot(results: list[dict], analysis: dict, path: Path):
             x = np.array([1, max(p["atoms"] * p["replicas"] for p in pts)])
             axes[2].plot(x, a["rss_base_gb"] + a["rss_mb_per_atom"] / 1e3 * x, "-", color=c, alpha=0.5,
                          label=f"{a['rss_mb_per_atom']:.2f} MB/atom")
-    axes[0].set(xscale="log", xlabel="atoms (paper frame tiled), 1 trajectory", ylabel="µs per atom-step",
+    axes[0].set(xscale="log", yscale="log", xlabel="atoms (paper frame tiled), 1 trajectory", ylabel="µs per atom-step",
                 title="cost per atom-step vs size")
-    axes[1].set(xscale="log", xlabel="replicas", ylabel="µs per atom-step", title="cost per atom-step vs replicas")
-    axes[2].set(xscale="log", yscale="log", xlabel="atoms in the run (all replicas)", ylabel="peak RSS (GB)",
-                title="peak host memory")
+    axes[1].set(xscale="log", yscale="log", xlabel="replicas", ylabel="µs per atom-step",
+                title="cost per atom-step vs replicas")
+    axes[2].set(xscale="log", xlabel="atoms in the run (all replicas)", ylabel="peak RSS (GB)",
+                title="peak host memory (one process)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("jaxuft MD on CPU (Langevin, float32); MACE = MP-0b-small shape, random weights", fontsize=9)
+    loads = [p["load_1min"] for p in results if "load_1min" in p]
+    busy = f"; 1-min load average {min(loads):.0f}-{max(loads):.0f} during the run" if loads else ""
+    fig.suptitle(f"jaxuft MD on {os.cpu_count()} CPU cores (Langevin, float32){busy}; "
+                 "MACE = MP-0b-small shape, random weights", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
@@ -245,14 +252,14 @@ def record(results, analysis, args):
     for p in results:
         if "ms_per_step" in p:
             n = p["atoms"] * p["replicas"]
-            rows.append([p["model"], p["sweep"], p["system"], p["tile"], p["replicas"], n, round(p["ms_per_step"], 1),
+            rows.append([p["model"], p["sweep"], p["system"], p["tile"], p["replicas"], n, p["steps"], round(p["ms_per_step"], 1),
                          round(1e3 * p["ms_per_step"] / n, 1), round(p["atom_steps_per_s"]), round(p["peak_rss_gb"], 2),
                          round(p["compile_s"], 1), round(p.get("load_1min", float("nan")), 1)])
         else:
-            rows.append([p["model"], p["sweep"], p["system"], p["tile"], p["replicas"], "-", "-", "-", "-", "-", "-",
+            rows.append([p["model"], p["sweep"], p["system"], p["tile"], p["replicas"], "-", "-", "-", "-", "-", "-", "-",
                          p.get("skipped") or p.get("error")])
     rev = f" Code: {args.code_rev}." if args.code_rev else ""
-    notes = [f"benchmarks/bench_scaling.py:{rev} Langevin 300 K, 0.5 fs, {args.dtype}, {args.steps} timed steps after a "
+    notes = [f"benchmarks/bench_scaling.py:{rev} Langevin 300 K, 0.5 fs, {args.dtype}, the timed steps (column) after a "
              "compiled first segment of the same length; every point in a fresh process (peak RSS = that process's "
              "VmHWM, counted from the loaded model on: model, compilation, run); MACE = MACE-MP-0b-small architecture with random weights "
              "(jaxuft.bench.models, torch-free; its U tensors equal mace-torch's). Shared 2-core machine: the 1-min "
@@ -272,7 +279,7 @@ def record(results, analysis, args):
                 bits.append(f"cost/atom-step vs R=1 on {system}: " +
                             ", ".join(f"R={r} {v:.2f}" for r, v in a[k].items()) + ";")
         notes.append(" ".join(bits))
-    header = ["model", "sweep", "system", "tile", "replicas", "atoms in run", "ms/step", "µs/atom-step",
+    header = ["model", "sweep", "system", "tile", "replicas", "atoms in run", "timed steps", "ms/step", "µs/atom-step",
               "atom-steps/s", "peak RSS GB", "compile s", "load (1 min)"]
     append("MD scaling: size and replicas (bench_scaling.py)", header, rows, "\n\n".join(notes))
 

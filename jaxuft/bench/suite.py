@@ -329,9 +329,10 @@ def _single(item: str, pot, base, cfg: BenchConfig, measure) -> dict:
         return measure.finetune_step(pot, [base], epochs=3)
     if item == "soap-q":
         frames = [base] + [_rattled(base, k) for k in range(1, 3)]
+        # in the suite's dtype: a float64 SOAP would switch JAX to x64 for the items after it
         if cfg.tiny:
-            return measure.soap_q(frames, r_cut=3.0, n_max=2, l_max=2, sigma=0.5, repeats=2)
-        return measure.soap_q(frames, repeats=3)
+            return measure.soap_q(frames, r_cut=3.0, n_max=2, l_max=2, sigma=0.5, repeats=2, dtype=cfg.dtype)
+        return measure.soap_q(frames, repeats=3, dtype=cfg.dtype)
     raise BenchError(f"unknown item {item!r}; use one of {', '.join(ITEMS)}")
 
 
