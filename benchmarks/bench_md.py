@@ -63,8 +63,9 @@ model = torch.load(model_path, weights_only=False, map_location="cpu")
 atoms.calc = MACECalculator(models=model, device="cpu", default_dtype=dtype)
 dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(0))
 t0 = time.perf_counter(); dyn.run(2); warm = time.perf_counter() - t0
-t0 = time.perf_counter(); dyn.run(steps); wall = time.perf_counter() - t0
-print(json.dumps({"steps": steps, "wall_s": wall, "warmup_s": warm, "atoms": len(atoms),
+c0 = time.process_time(); t0 = time.perf_counter(); dyn.run(steps); wall = time.perf_counter() - t0
+cpu = time.process_time() - c0
+print(json.dumps({"steps": steps, "wall_s": wall, "cpu_s": cpu, "warmup_s": warm, "atoms": len(atoms),
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "temperature": float(atoms.get_temperature())}))
 """
@@ -95,12 +96,13 @@ t0 = time.perf_counter(); state = init_fn(state)
 for _ in range(2):
     state = update_fn(state)
 warm = time.perf_counter() - t0
-t0 = time.perf_counter()
+c0 = time.process_time(); t0 = time.perf_counter()
 for _ in range(steps):
     state = update_fn(state)
 wall = time.perf_counter() - t0
+cpu = time.process_time() - c0
 ke = 0.5 * float((state.momenta ** 2 / state.masses[:, None]).sum())
-print(json.dumps({"steps": steps, "wall_s": wall, "warmup_s": warm, "atoms": len(atoms), "replicas": replicas,
+print(json.dumps({"steps": steps, "wall_s": wall, "cpu_s": cpu, "warmup_s": warm, "atoms": len(atoms), "replicas": replicas,
                   "torch": torch.__version__, "torch_sim": version("torch-sim-atomistic"),
                   "sevenn": version("sevenn"), "threads": torch.get_num_threads(),
                   "checkpoint": os.path.basename(path),
@@ -166,14 +168,15 @@ def measure(pot, atoms, replicas: int, steps: int, dtype: str) -> dict:
     t0 = time.perf_counter()
     state, first = sim.run(start, n_steps=steps, record_every=steps, progress=False)
     first_wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     state, traj = sim.run(start, n_steps=steps, record_every=steps, progress=False)  # same work, compiled
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(atoms)
     return {
         "replicas": replicas,
         "atoms": n,
         "ms_per_step": 1e3 * wall / steps,
+        "cpu_ms_per_step": 1e3 * cpu / steps,
         "atom_steps_per_s": replicas * n * steps / wall,
         "compile_s": first.report["compile_s"],
         "first_segment_s": first_wall,
@@ -254,6 +257,9 @@ def main(argv=None) -> int:
                     help="skip a replica count when its estimated time exceeds this (from smaller R)")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch threads (0: mace-torch: torch default; TorchSim: all schedulable cores)")
+    ap.add_argument("--mace-edge-chunk", type=int, nargs="+", default=None,
+                    help="MACE only: measure these message-sum chunk sizes (0 = the per-edge scatter used before "
+                         "2026-12-01); the model's default keeps the plain label")
     ap.add_argument("--peer", choices=["torchsim"], default=None,
                     help="also run TorchSim + SevenNet-0 (batched Langevin) at the same systems and replica counts")
     ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
@@ -301,9 +307,21 @@ def main(argv=None) -> int:
         else:
             print(note)
         return 0
+    cpu_ms = {}  # (label, system, replicas) -> CPU ms per step of the jaxuft process
+    variants = []
     for model in models:
         pot = load_model(model, args.dtype, list(sys_atoms.values()))
         label = Path(model).name if os.sep in model else model
+        if args.mace_edge_chunk and pot.config.get("family") == "mace":
+            import copy
+
+            for chunk in args.mace_edge_chunk:
+                var = copy.copy(pot)
+                var.module = pot.module.clone(edge_chunk=chunk)
+                variants.append((var, label if chunk == pot.module.edge_chunk else f"{label} (edge_chunk={chunk})"))
+        else:
+            variants.append((pot, label))
+    for pot, label in variants:
         for sname, atoms in sys_atoms.items():
             base = None
             for r in sorted(args.replicas):
@@ -320,23 +338,31 @@ def main(argv=None) -> int:
                 row = [label, sname, m["atoms"], r, round(m["ms_per_step"], 2), round(m["atom_steps_per_s"]),
                        round(ratio, 3), round(m["compile_s"], 1), m["recompilations"]]
                 rows.append(row)
+                cpu_ms[(label, sname, r)] = m["cpu_ms_per_step"]
                 print(f"[bench_md] {label:>24s} {sname:>9s} R={r:3d}: {m['ms_per_step']:9.2f} ms/step "
                       f"{m['atom_steps_per_s']:10.0f} atom-steps/s  cost/atom-step vs R=1 {ratio:.3f}  "
-                      f"compile {m['compile_s']:.1f} s  images {m['images']}"
+                      f"compile {m['compile_s']:.1f} s  images {m['images']}  CPU {m['cpu_ms_per_step']:.0f} ms/step"
                       + (f"  ({m['stopped']} replicas stopped!)" if m["stopped"] else ""), flush=True)
     if args.torch_model:
         for sname, atoms in sys_atoms.items():
-            ours = next((r for r in rows if r[0] == Path(args.torch_model).name and r[1] == sname and r[3] == 1), None)
+            name = Path(args.torch_model).name
+            ours_all = [r for r in rows if r[0].startswith(name) and r[1] == sname and r[3] == 1]
             for tuned in (False, True):
                 ref = torch_reference(args.torch_model, atoms, args.steps, args.dtype, args.torch_threads, tuned)
                 if ref is None:
                     continue
+                ours = next((r for r in ours_all if r[0] == name), None)
                 speedup = (ours[5] / ref["atom_steps_per_s"]) if ours else float("nan")
                 alloc = "glibc malloc tuned as jaxuft" if tuned else "default glibc malloc"
                 rows.append([f"mace-torch {ref['torch']} + ASE Langevin ({ref['threads']} thr, {alloc})", sname,
                              ref["atoms"], 1, round(1e3 * ref["wall_s"] / args.steps, 2), round(ref["atom_steps_per_s"]),
                              "-", "-", "-"])
-                notes.append(f"{sname}: jaxuft single trajectory / mace-torch+ASE ({alloc}) = {speedup:.2f}x (same weights).")
+                ref_cpu = 1e3 * ref["cpu_s"] / args.steps
+                our_cpu = cpu_ms.get((name, sname, 1), float("nan"))
+                notes.append(f"{sname}: jaxuft single trajectory / mace-torch+ASE ({alloc}) = {speedup:.2f}x (same weights)"
+                             + "".join(f"; {r[0][len(name):].strip()}: {r[5] / ref['atom_steps_per_s']:.2f}x"
+                                       for r in ours_all if r[0] != name)
+                             + f"; CPU time per step {ref_cpu:.0f} ms vs jaxuft {our_cpu:.0f} ms ({ref_cpu / our_cpu:.2f}x).")
                 print(f"[bench_md] mace-torch + ASE {sname} ({alloc}): {1e3 * ref['wall_s'] / args.steps:.1f} ms/step; "
                       f"jaxuft/torch speed-up {speedup:.2f}x", flush=True)
 
@@ -355,7 +381,10 @@ def main(argv=None) -> int:
                              f"(torch {ref['torch']}, {ref['threads']} thr)", sname, ref["atoms"], r,
                              round(1e3 * ref["wall_s"] / args.steps, 2), round(ref["atom_steps_per_s"]),
                              f"jaxuft/TorchSim {ratio:.2f}x", "-", "-"])
-                notes.append(f"{sname} R={r}: jaxuft / TorchSim = {ratio:.2f}x.")
+                ref_cpu = 1e3 * ref["cpu_s"] / args.steps
+                our_cpu = cpu_ms.get(("sevennet-0", sname, r), float("nan"))
+                notes.append(f"{sname} R={r}: jaxuft / TorchSim = {ratio:.2f}x (CPU time per step {ref_cpu:.0f} ms vs "
+                             f"jaxuft {our_cpu:.0f} ms: {ref_cpu / our_cpu:.2f}x).")
                 print(f"[bench_md] TorchSim {sname} R={r}: {1e3 * ref['wall_s'] / args.steps:.1f} ms/step, "
                       f"{ref['atom_steps_per_s']:.0f} atom-steps/s; jaxuft/TorchSim {ratio:.2f}x "
                       f"(T at the end {ref['temperature']:.0f} K)", flush=True)

@@ -1,6 +1,7 @@
 """Where the time of one compiled MD step goes: per-part breakdown of a MACE (or any) model on CPU.
 
     python benchmarks/profile_mace.py MODEL [--steps 10] [--replicas 1] [--dtype float32] [--top 25]
+    python benchmarks/profile_mace.py MODEL --edge-chunk 0 8 --append   # before/after, to RESULTS.md
 
 MODEL is a converted jaxuft model (directory or zoo name) or a mace-torch ``.model``
 (converted torch-free first).  The system is the 197-atom paper frame
@@ -14,7 +15,11 @@ module labels its parts: ``edge_geometry``, ``radial_mlp``, ``messages``, ``line
 ``symmetric_contraction``, ``readout``), forward and backward alike (the backward of a part has
 ``transpose(...)`` around the same scope).  Times are summed per part and per direction.
 The XLA cost analysis (flops, bytes accessed) of the whole compiled segment is printed too.
-Prints tables; ``--markdown`` prints them as Markdown for benchmarks/RESULTS.md.
+Op times are summed over the trace, so on a loaded machine they include time the threads were
+preempted (their sum can exceed the wall time): compare shares, not absolute sums.
+``--edge-chunk 0 8`` profiles the MACE message sum per edge (0, the code before 2026-12-01) and per
+receiver chunk of 8 in one run.  Prints tables; ``--markdown`` prints them as Markdown;
+``--append`` appends the per-part table (shares per variant) to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -168,6 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="profiled segment calls")
     ap.add_argument("--top", type=int, default=25, help="list the N most expensive ops")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--edge-chunk", type=int, nargs="+", default=None,
+                    help="MACE: profile these message-sum chunk sizes in one run (0 = per-edge scatter)")
+    ap.add_argument("--append", action="store_true", help="append the per-part table to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.structure):
         print(f"structure file {args.structure} not found (the paper data: ../shared/paper-data)", file=sys.stderr)
@@ -178,13 +186,47 @@ def main(argv=None) -> int:
 
     atoms = read(args.structure, index=0)
     pot = _load(args.model, args.dtype)
-    res = profile(pot, atoms, args.replicas, args.steps, args.repeats)
-    load = os.getloadavg()
-    print(f"{args.model}: {len(atoms)} atoms, R={args.replicas}, {args.dtype}, model edges capacity "
-          f"{res['model_capacity']}, {jax.default_backend()}; XLA cost analysis per step: "
-          f"{res['flops_per_step'] / 1e9:.2f} GFLOP, {res['bytes_per_step'] / 1e9:.2f} GB accessed; "
-          f"load average {load[0]:.1f} / {load[1]:.1f}")
-    print(tables(res, args.top, args.markdown))
+    variants = [("model default", pot)]
+    if args.edge_chunk:
+        import copy
+
+        variants = []
+        for chunk in args.edge_chunk:
+            var = copy.copy(pot)
+            var.module = pot.module.clone(edge_chunk=chunk)
+            variants.append((f"edge_chunk={chunk}", var))
+    results = []
+    for name, var in variants:
+        res = profile(var, atoms, args.replicas, args.steps, args.repeats)
+        load = os.getloadavg()
+        res["load"] = load
+        results.append((name, res))
+        print(f"{args.model} [{name}]: {len(atoms)} atoms, R={args.replicas}, {args.dtype}, model edges capacity "
+              f"{res['model_capacity']}, {jax.default_backend()}; XLA cost analysis of the segment (loop bodies "
+              f"counted once): {res['flops_per_step'] * args.steps / 1e9:.2f} GFLOP, "
+              f"{res['bytes_per_step'] * args.steps / 1e9:.2f} GB accessed; load average {load[0]:.1f} / {load[1]:.1f}")
+        print(tables(res, args.top, args.markdown), flush=True)
+    if args.append:
+        from benchmarks.results import append
+
+        parts = sorted({p for _, r in results for (p, _) in r["parts"]}, key=lambda p: (p not in PARTS, p))
+        header = ["part"] + [f"{name}: fwd / bwd / share" for name, _ in results]
+        rows = []
+        for part in parts:
+            row = [part]
+            for _, r in results:
+                fw, bw = r["parts"].get((part, "forward"), 0.0), r["parts"].get((part, "backward"), 0.0)
+                row.append(f"{fw:.1f} / {bw:.1f} ms / {100 * (fw + bw) / r['op_ms_per_step']:.1f} %")
+            rows.append(row)
+        rows.append(["sum of op times (ms/step)"] + [f"{r['op_ms_per_step']:.0f}" for _, r in results])
+        rows.append(["wall time (ms/step)"] + [f"{r['ms_per_step']:.0f}" for _, r in results])
+        note = (f"benchmarks/profile_mace.py: the compiled MD segment (Langevin 300 K, 0.5 fs, {args.steps} steps, "
+                f"R={args.replicas}, {args.dtype}) of {Path(args.model).name} on {Path(args.structure).name}[0] "
+                f"({len(atoms)} atoms), {args.repeats} calls under jax.profiler; op times summed per model part "
+                f"(jax.named_scope in jaxuft/models/mace.py), forward and backward (forces/stress) apart. "
+                f"Load average during the runs: " + ", ".join(f"{r['load'][0]:.1f}" for _, r in results)
+                + " on 2 cores: op times include preemption, compare shares.")
+        append("MACE MD step profile (profile_mace.py)", header, rows, note)
     return 0
 
 
