@@ -26,9 +26,10 @@ How it is built (and what it costs):
   (temporaries, arguments, outputs) before anything runs.
 * **Fixed capacities.**  The neighbour list cannot grow inside a differentiated program,
   so it is sized from the starting structure with generous headroom (1.5x pairs, 1.3x model
-  edges).  If a run overflows (or a replica hits a safety stop), calling it raises
-  :class:`~jaxuft.md.errors.CapacityError` (``check=True``) with the capacities to pass
-  instead; the gradient of an overflowed run is never returned silently.
+  edges).  If a run overflows (or a replica hits a safety stop), it raises (``check=True``: a
+  host callback, so also inside ``jit``/``grad``; the ``JaxRuntimeError`` carries the
+  :class:`~jaxuft.md.errors.CapacityError` message with the capacities to pass instead); the
+  gradient of an overflowed run is never returned silently.
 * Gradients through neighbour-list *builds* are zero by construction (pair selection is
   piecewise constant); gradients flow through every pair vector, as they should.
 * Langevin noise comes from fixed per-replica keys (``seed``): the run is a deterministic
@@ -150,8 +151,9 @@ class DifferentiableMD:
     skin, headroom, model_headroom, capacity, model_capacity, images: neighbour-list sizing
                  (fixed for the whole run; larger headroom than ``Simulation`` since nothing regrows)
     safety:      :class:`~jaxuft.md.Safety` (a stopped replica makes the call raise under ``check``)
-    check:       raise :class:`CapacityError` / :class:`MDInputError` when a run overflowed its
-                 neighbour capacities or a replica stopped (a host callback; it also fires under jit)
+    check:       raise (:func:`check_run`, as a host callback, so also under jit/grad: the error surfaces as
+                 a ``JaxRuntimeError`` carrying its message) when a run overflowed its neighbour
+                 capacities or a replica stopped
     """
 
     def __init__(
@@ -196,6 +198,9 @@ class DifferentiableMD:
         )
         # host-side validation and sizing: nothing compiles, nothing is traced
         start = self.sim.init(atoms, replicas=replicas, seed=seed, temperature=None)
+        if getattr(self.sim, "mixed", False):
+            raise MDInputError("a differentiable run takes one composition (replicas of one system); run the systems "
+                               "of a mixed batch as separate DifferentiableMD objects")
         self.potential = potential
         self.ensemble = self.sim.ensemble
         self.steps, self.record_every = steps, record_every

@@ -93,6 +93,9 @@ class Reweighting:
     def __init__(self, simulation, state: MDState, steps: int, record_every: int, observables: Callable,
                  equilibration: int = 0, min_ess: float = 0.6, batch_size: int = 32):
         e = simulation.ensemble
+        if getattr(simulation, "mixed", False):
+            raise MDInputError("reweighting pools the frames of one system; a mixed batch has several: "
+                               "reweight each system with its own Simulation")
         if e.kind not in ("nvt-langevin", "nvt-nh", "npt"):
             raise MDInputError(f"reweighting needs a canonical or isothermal-isobaric ensemble (Langevin, Nosé–Hoover "
                                f"or NPT), got {e.kind!r}: NVE frames carry no Boltzmann weights")
