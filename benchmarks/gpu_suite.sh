@@ -102,11 +102,13 @@ EXTRA="cuda12"; [[ -n "$CUDA_MAJOR" && "$CUDA_MAJOR" -ge 13 ]] && EXTRA="cuda13"
 DEPS=(flax optax jax-md e3nn-jax ase numpy safetensors tqdm matplotlib scipy "pydantic>=2.6" pyyaml)
 CHECK="import sys, jax, flax, optax, jax_md, e3nn_jax, ase, safetensors, pydantic, jaxuft.bench.suite; \
 sys.exit(0 if jax.default_backend() == '$( (( SMOKE )) && echo cpu || echo gpu )' else 1)"
+CHECK_S="${JAXUFT_CHECK_TIMEOUT:-180}"  # seconds for one candidate's imports (a busy machine needs more)
+(( SMOKE )) && CHECK_S="${JAXUFT_CHECK_TIMEOUT:-600}"
 gpu_python() {  # prints the first python whose jax sees a GPU and which imports jaxuft's dependencies
     local c
     for c in "${JAXUFT_PYTHON:-}" "$REPO/.venv-gpu/bin/python" "$REPO/.venv/bin/python" "$(command -v python3 || true)"; do
         [[ -n "$c" && -x "$c" ]] || continue
-        if timeout 180 "$c" -c "$CHECK" >/dev/null 2>&1; then echo "$c"; return 0; fi
+        if timeout "$CHECK_S" "$c" -c "$CHECK" >/dev/null 2>&1; then echo "$c"; return 0; fi
     done
     return 1
 }

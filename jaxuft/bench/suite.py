@@ -193,7 +193,7 @@ def host_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem, "hostname": platform.node()}
 
 
-COLUMNS = (("item", 13), ("model", 16), ("system", 10), ("atoms", 6), ("R", 5), ("compile s", 9), ("steady", 12),
+COLUMNS = (("item", 13), ("model", 16), ("system", 10), ("atoms", 6), ("R", 5), ("compile s", 9), ("steady", 15),
            ("rate", 20), ("vs 1st", 6), ("RSS GB", 6), ("dev GB", 6))
 
 
