@@ -101,11 +101,12 @@ class GradientMemory:
                 f"total {mib(self.total)}")
 
 
-def gradient_memory(fn: Callable, *args, argnums=0) -> GradientMemory:
+def gradient_memory(fn: Callable, *args, argnums=0, compiler_options: dict | None = None) -> GradientMemory:
     """Memory of ``jax.jit(jax.grad(fn, argnums))(*args)`` as XLA compiled it (nothing is run).
 
-    ``fn`` must return a scalar.  Raises :class:`RuntimeError` when the backend gives no analysis."""
-    compiled = jax.jit(jax.grad(fn, argnums=argnums)).lower(*args).compile()
+    ``fn`` must return a scalar; ``compiler_options`` go to ``jax.jit``.  Raises
+    :class:`RuntimeError` when the backend gives no analysis."""
+    compiled = jax.jit(jax.grad(fn, argnums=argnums), compiler_options=compiler_options).lower(*args).compile()
     return program_memory(compiled)
 
 
@@ -334,9 +335,9 @@ class DifferentiableMD:
         return state, frames, obs, diag
 
     # ------------------------------------------------------------------ costs
-    def gradient_memory(self, loss: Callable, *args, argnums=0) -> GradientMemory:
+    def gradient_memory(self, loss: Callable, *args, argnums=0, compiler_options: dict | None = None) -> GradientMemory:
         """XLA memory of the compiled ``jax.grad(loss, argnums)(*args)`` (``loss`` calls this run)."""
-        return gradient_memory(loss, *args, argnums=argnums)
+        return gradient_memory(loss, *args, argnums=argnums, compiler_options=compiler_options)
 
     def describe(self) -> dict:
         s = self.spec

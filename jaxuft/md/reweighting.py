@@ -198,6 +198,8 @@ class Reweighting:
     # ------------------------------------------------------------------ the optimiser's view
     def effective_sample_size(self, params) -> float:
         """ESS of the current sample at ``params`` (forward only)."""
+        if self.sample is None:
+            raise MDInputError("no sample yet: call resample(params) or value_and_grad(...) first")
         spec = self._spec
         fn = self._jit("ess", lambda p, s: self.estimate(p, s, spec)[1], spec)
         return float(fn(self.sim._params(params), self.sample))
@@ -205,7 +207,8 @@ class Reweighting:
     def value_and_grad(self, loss: Callable, params):
         """``(loss value, d loss / d params, info)`` for ``loss(means) -> scalar`` of the reweighted
         averages.  Samples first (and again whenever ESS/frames < ``min_ess``).  ``info``: ``ess``,
-        ``ess_fraction``, ``resampled``, ``means`` (floats), ``samples_taken``, ``md_steps``."""
+        ``ess_fraction``, ``resampled``, ``means`` (floats), ``samples_taken``, ``md_steps``.
+        Define ``loss`` once: its identity keys the compiled gradient (a new lambda per call compiles anew)."""
         params = self.sim._params(params)
         resampled = False
         if self.sample is None or self.effective_sample_size(params) < self.min_ess * self.sample.n_frames:
