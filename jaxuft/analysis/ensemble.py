@@ -153,6 +153,12 @@ def _rdf_stats(traj, rows, first, pairs, r_max, n_bins, max_frames) -> dict:
 
     idx = np.nonzero(rows)[0]
     frames_per = [traj.atoms(int(r), only_valid=False)[first:] for r in idx]
+    if pairs is None:  # every species pair that has pairs (a single atom of an element has no like pair)
+        from itertools import combinations_with_replacement
+
+        z, counts = np.unique(frames_per[0][0].numbers, return_counts=True)
+        have = dict(zip(z.tolist(), counts.tolist()))
+        pairs = [(a, b) for a, b in combinations_with_replacement(sorted(have), 2) if a != b or have[a] > 1]
     stride = max(1, int(np.ceil(len(frames_per[0]) / max_frames)))
     per = []  # (R, F', bins) per pair
     keys = None
