@@ -133,8 +133,9 @@ def sweep(args) -> list[dict]:
             near = [p for p in same if p["system"] == spec["system"]] or same
             per = np.median([p["ms_per_step"] / (p["atoms"] * p["replicas"]) for p in near])
             est_s = per * n_total * spec["steps"] * 2 / 1e3 + max(p["compile_s"] for p in same)
-            xs = [p["atoms"] * p["replicas"] for p in same]
-            ys = [p["peak_rss_gb"] for p in same]
+            mem = near if len({p["atoms"] * p["replicas"] for p in near}) > 1 else same
+            xs = [p["atoms"] * p["replicas"] for p in mem]
+            ys = [p["peak_rss_gb"] for p in mem]
             est_gb = fit_linear(xs, ys)[0] + fit_linear(xs, ys)[1] * n_total if len(set(xs)) > 1 else ys[0] * n_total / xs[0]
             why = None
             if est_s > args.budget_s:
@@ -181,13 +182,15 @@ def analyse(results: list[dict], memory_gb: float) -> dict:
         if len(size) >= 2:
             a["size_exponent"] = fit_power([p["atoms"] for p in size], [p["ms_per_step"] for p in size])[1]
             a["size_us_per_atom_step"] = {p["atoms"]: 1e3 * p["ms_per_step"] / p["atoms"] for p in size}
-        xs = [p["atoms"] * p["replicas"] for p in ok]
-        ys = [p["peak_rss_gb"] for p in ok]
+        # the largest single system: fit the size sweep (one structure, denser than a replicated small cell)
+        xs = [p["atoms"] for p in size]
+        ys = [p["peak_rss_gb"] for p in size]
         if len(set(xs)) >= 2:
             base, slope = fit_linear(xs, ys)
             a["rss_base_gb"], a["rss_mb_per_atom"] = base, 1e3 * slope
             a["max_atoms_in_memory"] = int((memory_gb - base) / slope) if slope > 0 else None
             a["largest_measured_atoms"] = max(xs)
+            a["largest_measured_rss_gb"] = max(ys)
         for system in ("nacl-8", "paper-197"):
             rep = sorted((p for p in ok if p["system"] == system and p["tile"] == 1 and
                           (p["sweep"] == "replicas" or p["replicas"] == 1)), key=lambda p: p["replicas"])
@@ -203,6 +206,7 @@ def plot(results: list[dict], analysis: dict, path: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     colors = {"sevennet-0": "tab:blue", "mace-mp0b-small": "tab:orange", "mace-tiny": "tab:green"}
@@ -224,15 +228,19 @@ def plot(results: list[dict], analysis: dict, path: Path):
         axes[2].plot([p["atoms"] * p["replicas"] for p in pts], [p["peak_rss_gb"] for p in pts], "o", color=c, label=model)
         a = analysis.get(model, {})
         if "rss_mb_per_atom" in a:
-            x = np.array([1, max(p["atoms"] * p["replicas"] for p in pts)])
+            x = np.geomspace(min(p["atoms"] * p["replicas"] for p in pts), max(p["atoms"] * p["replicas"] for p in pts), 50)
             axes[2].plot(x, a["rss_base_gb"] + a["rss_mb_per_atom"] / 1e3 * x, "-", color=c, alpha=0.5,
-                         label=f"{a['rss_mb_per_atom']:.2f} MB/atom")
+                         label=f"size sweep fit: {a['rss_mb_per_atom']:.2f} MB/atom")
     axes[0].set(xscale="log", yscale="log", xlabel="atoms (paper frame tiled), 1 trajectory", ylabel="µs per atom-step",
                 title="cost per atom-step vs size")
     axes[1].set(xscale="log", yscale="log", xlabel="replicas", ylabel="µs per atom-step",
                 title="cost per atom-step vs replicas")
     axes[2].set(xscale="log", xlabel="atoms in the run (all replicas)", ylabel="peak RSS (GB)",
                 title="peak host memory (one process)")
+    sizes = sorted({p["atoms"] for p in results if p.get("sweep") == "size" and "ms_per_step" in p})
+    if sizes:
+        axes[0].set_xticks(sizes, [str(n) for n in sizes])
+        axes[0].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -249,7 +257,9 @@ def record(results, analysis, args):
     from benchmarks.results import append
 
     rows = []
-    for p in results:
+    order = {"size": 0, "replicas": 1}
+    for p in sorted(results, key=lambda p: (p["model"], order.get(p["sweep"], 2), p["system"],
+                                             p["tile"] * p["replicas"])):
         if "ms_per_step" in p:
             n = p["atoms"] * p["replicas"]
             rows.append([p["model"], p["sweep"], p["system"], p["tile"], p["replicas"], n, p["steps"], round(p["ms_per_step"], 1),
@@ -270,9 +280,10 @@ def record(results, analysis, args):
             bits.append(f"step time ~ atoms^{a['size_exponent']:.2f} over the size sweep "
                         f"({min(a['size_us_per_atom_step'])}-{max(a['size_us_per_atom_step'])} atoms);")
         if "rss_mb_per_atom" in a:
-            bits.append(f"peak RSS {a['rss_base_gb']:.2f} GB + {a['rss_mb_per_atom']:.2f} MB/atom, so one run holds "
-                        f"about {a['max_atoms_in_memory']:,} atoms in {args.memory_gb:g} GiB (extrapolated; largest "
-                        f"measured {a['largest_measured_atoms']:,});")
+            bits.append(f"peak RSS of one trajectory {a['rss_base_gb']:.2f} GB + {a['rss_mb_per_atom']:.2f} MB/atom "
+                        f"(size sweep), so one CPU run holds a system of about {a['max_atoms_in_memory']:,} atoms in "
+                        f"{args.memory_gb:g} GiB (extrapolated; largest measured {a['largest_measured_atoms']:,} atoms, "
+                        f"{a['largest_measured_rss_gb']:.1f} GB);")
         for system in ("nacl-8", "paper-197"):
             k = f"replica_cost_vs_r1_{system}"
             if k in a:
