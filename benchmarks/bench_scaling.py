@@ -7,8 +7,9 @@
 Sweeps (Langevin 300 K, 0.5 fs, float32; every point in a fresh process, so its peak RSS is
 what that run needs: model, compiled programs and buffers):
   * size:     the paper's 197-atom frame tiled 1x, 2x, 4x, 8x (... ``--sizes``), one trajectory;
-  * replicas: R = 1 .. 256 copies of an 8-atom rock-salt NaCl cell (the smallest periodic cell,
-              where batching replicas matters most) and R = 1, 4 of the paper frame.
+  * replicas: R = 1, 16, 64, 256 copies of an 8-atom rock-salt NaCl cell (the smallest periodic
+              cell, where batching replicas matters most); ``--paper-replicas`` adds replicas of
+              the paper frame (none by default: R copies cost what the frame tiled R times costs).
 The MACE model has MACE-MP-0b small's architecture with random weights
 (:func:`jaxuft.bench.models.random_mace`): its cost is the real model's, its energies are not.
 Fits: the exponent b of ``step time ~ atoms^b`` (b = 1: cost per atom-step flat with size) and
@@ -300,11 +301,11 @@ def main(argv=None) -> int:
     ap.add_argument("--point", help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="+", default=["mace-mp0b-small", "sevennet-0"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[1, 2, 4, 8])
-    ap.add_argument("--replicas", nargs="+", type=int, default=[1, 4, 16, 64, 256], help="replicas of the 8-atom cell")
-    ap.add_argument("--paper-replicas", nargs="*", type=int, default=[1, 4])
+    ap.add_argument("--replicas", nargs="+", type=int, default=[1, 16, 64, 256], help="replicas of the 8-atom cell")
+    ap.add_argument("--paper-replicas", nargs="*", type=int, default=[], help="replicas of the paper frame")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--budget-s", type=float, default=400.0, help="skip a point estimated to take longer")
+    ap.add_argument("--budget-s", type=float, default=600.0, help="skip a point estimated to take longer")
     ap.add_argument("--max-rss-gb", type=float, default=8.0, help="skip a point estimated to need more host memory")
     ap.add_argument("--memory-gb", type=float, default=20.0, help="memory for the 'largest system' extrapolation")
     ap.add_argument("--quick", action="store_true", help="mace-tiny, small sweeps (a smoke test)")
