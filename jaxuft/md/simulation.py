@@ -98,7 +98,7 @@ class Safety:
 
 
 class Simulation:
-    """MD of one composition: an ensemble of replicas driven by a Potential.
+    """MD of an ensemble of replicas driven by a Potential: replicas of one system, or a mixed batch of systems.
 
     potential:   :class:`~jaxuft.potential.Potential` (its dtype is the MD dtype)
     ensemble:    from :mod:`jaxuft.md.ensembles`; may be replaced between segments
@@ -391,7 +391,10 @@ class Simulation:
                 raise MDInputError(
                     f"structure {k} has pbc {a.get_pbc().tolist()} but structure 0 has {list(pbc)}; the systems of a "
                     "mixed batch share one pbc: give a slab or molecule a cell with vacuum and pbc=True")
-            self._check_structures([a])
+            try:
+                self._check_structures([a])
+            except MDInputError as exc:
+                raise MDInputError(f"structure {k}: {exc}") from None
         return pbc
 
     def init(
