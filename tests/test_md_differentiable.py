@@ -115,16 +115,19 @@ def test_langevin_gradients_params_positions_temperature_friction():
 
 
 def test_npt_gradients_params_positions_barostat():
+    """Through the one-call form: ``differentiable_run`` inside ``jit`` sets up once, while tracing."""
     pot = morse_cu()
-    dmd = DifferentiableMD(pot, cu_crystal(a=3.80, rattle=0.03, seed=1),
-                           md.NPT(2.0, 300.0, 1.0, tau_t=50.0, tau_p=200.0), steps=16, record_every=4)
+    atoms = cu_crystal(a=3.80, rattle=0.03, seed=1)
+    ensemble = md.NPT(2.0, 300.0, 1.0, tau_t=50.0, tau_p=200.0)
 
     def loss(params, x, pressure, tau_p, temperature):
-        traj = dmd(params, positions=x, pressure=pressure, tau_p=tau_p, temperature=temperature)
+        traj = differentiable_run(pot, atoms, ensemble, 16, params, record_every=4, positions=x, pressure=pressure,
+                                  tau_p=tau_p, temperature=temperature)
         return 10.0 * jnp.mean(traj.frames["density"]) + jnp.mean(traj.frames["energy"])
 
     vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)), compiler_options=FAST_COMPILE)
-    args = (_params(), jnp.asarray(dmd.positions), jnp.asarray(1000.0), jnp.asarray(200.0), jnp.asarray(300.0))
+    x0 = jnp.asarray(atoms.get_positions())[None]
+    args = (_params(), x0, jnp.asarray(1000.0), jnp.asarray(200.0), jnp.asarray(300.0))
     value, grads = vg(*args)
     assert abs(float(grads[2])) > 1e-6  # the box responds to the pressure
     _check(vg, grads, args, 0, _param("r0"), "d/dr0")

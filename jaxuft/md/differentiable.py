@@ -197,8 +197,10 @@ class DifferentiableMD:
             observables=observables, remat=remat is not None, shard=False, replica_batch=0,
             capacity=capacity, model_capacity=model_capacity, images=images,
         )
-        # host-side validation and sizing: nothing compiles, nothing is traced
-        start = self.sim.init(atoms, replicas=replicas, seed=seed, temperature=None)
+        # host-side validation and sizing: nothing compiles, nothing is traced (also when this object
+        # is built inside a jitted function, as differentiable_run is)
+        with jax.ensure_compile_time_eval():
+            start = self.sim.init(atoms, replicas=replicas, seed=seed, temperature=None)
         if getattr(self.sim, "mixed", False):
             raise MDInputError("a differentiable run takes one composition (replicas of one system); run the systems "
                                "of a mixed batch as separate DifferentiableMD objects")
