@@ -15,7 +15,7 @@ Modules: ``config`` (pydantic settings and presets), ``data`` (frames, checks, p
 batches), ``loss`` (weighted MSE/Huber), ``optim`` (optax, schedules, EMA, early
 stopping), ``params`` (what trains, parameter groups), ``e0s``, ``trunk`` (frozen-trunk
 cache), ``replay`` (forgetting), ``checkpoint``, ``history`` (CSV/JSON/plot),
-``evaluation``, ``setup`` / ``step`` / ``loop`` / ``outputs`` (the trainer's parts),
+``evaluation``, ``multihead`` (shared trunk, "ft" and "foundation" heads), ``setup`` / ``step`` / ``loop`` / ``outputs`` (the trainer's parts),
 ``trainer`` (``Trainer``, ``finetune``), ``api`` (``finetune_potential``), ``cli``.
 """
 
@@ -34,6 +34,8 @@ _EXPORTS = {
     "PRESETS": "config",
     "OptimConfig": "config",
     "FreezeError": "params",
+    "HeadError": "multihead",
+    "load_heads": "multihead",
     "select_trainable": "params",
     "FinetuneConfig": "config",
     "FinetuneError": "trainer",
@@ -62,6 +64,7 @@ __all__ = [
     "FinetuneResult",
     "Frame",
     "FreezeError",
+    "HeadError",
     "LossConfig",
     "OptimConfig",
     "PRESETS",
@@ -72,6 +75,7 @@ __all__ = [
     "finetune",
     "finetune_potential",
     "format_report",
+    "load_heads",
     "read_frames",
     "save_potential",
     "select_trainable",

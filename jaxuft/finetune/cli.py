@@ -2,8 +2,8 @@
 
     jaxuft finetune --model M --train T.xyz [--valid V.xyz] [--replay R.xyz|generate]
                     [--epochs N] [--freeze SPEC] [--trunk-cache] [--e0s model|lstsq|auto|average|E0S.json]
-                    [--preset safe|mace-torch] [--allow-worse] -o OUT_DIR [--resume]
-    jaxuft evaluate --model M FRAMES.xyz [MORE.xyz ...] [--json OUT.json]
+                    [--preset safe|mace-torch] [--allow-worse] [--multihead] -o OUT_DIR [--resume]
+    jaxuft evaluate --model M FRAMES.xyz [MORE.xyz ...] [--head ft|foundation] [--json OUT.json]
 
 The hyperparameter flags are derived from :class:`~jaxuft.finetune.FinetuneConfig`'s
 fields (nested ``loss``/``optim`` fields by their own names, ``loss.kind`` as ``--loss``)
@@ -106,6 +106,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="model directory, torch checkpoint or model-zoo name")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--head", default=None, help="score this head of a multihead fine-tune (ft or foundation; the "
+                                                "model folder must hold heads.safetensors)")
     p.add_argument("--json", default=None, help="also write the reports to this JSON file")
     p.add_argument("--energy-key", default=None)
     p.add_argument("--forces-key", default=None)
@@ -173,6 +175,9 @@ def _cmd_finetune(args) -> int:
               f"F RMSE {f['forces_rmse']['change']:+.1f} meV/Å")
     if "model" in m["outputs"]:
         print(f"model: {m['outputs']['model']}")
+    if "heads" in m["outputs"]:
+        print(f"heads: {m['outputs']['heads']} (the model uses head 'ft'; score the other with "
+              f"jaxuft evaluate --model {m['outputs']['model']} --head foundation FRAMES.xyz)")
     print(f"manifest: {args.output}/manifest.json  metrics: {args.output}/metrics.csv")
     return 0
 
@@ -185,7 +190,9 @@ def _cmd_evaluate(args) -> int:
     reports = []
     for path in args.frames:
         rep = evaluate(pot, path, batch_size=args.batch_size, energy_key=args.energy_key,
-                       forces_key=args.forces_key, stress_key=args.stress_key, name=str(path))
+                       forces_key=args.forces_key, stress_key=args.stress_key,
+                       name=str(path) if args.head is None else f"{path} (head {args.head})",
+                       head=args.head, heads=args.model if args.head is not None else None)
         reports.append(rep)
         print(format_report(rep))
         print()

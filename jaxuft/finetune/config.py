@@ -123,6 +123,9 @@ class FinetuneConfig(_Config):
 
     epochs: int = Field(100, ge=0, description="number of epochs")
     batch_size: int = Field(10, ge=1, description="structures per batch")
+    micro_batch_atoms: int = Field(
+        256, ge=1, description="most atoms per gradient pass: a batch with more is split into micro-batches whose "
+                               "gradients add up to the batch's (same update, less memory; a frame is never split)")
     seed: int = Field(123, description="seed of the split, shuffling and replay generation")
     valid_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of the training frames held out for validation")
     small_data_frames: int = Field(
@@ -143,6 +146,9 @@ class FinetuneConfig(_Config):
                                                            "validation loss")
     keep: Literal["best", "last"] = Field("best", description="best (lowest validation loss) or last")
     allow_worse: bool = Field(False, description="allow a result worse on validation than the starting model")
+    multihead: bool = Field(False, description="multihead fine-tuning (as mace-torch): a new 'ft' head trains on the "
+                                               "training frames, the foundation head is kept and trains on the replay "
+                                               "frames, the trunk is shared; needs replay")
     replay_weight: float = Field(1.0, ge=0, description="config weight of replay frames")
     replay_count: int = Field(40, ge=1, description="generated replay structures")
     replay_holdout: float = Field(0.25, ge=0, lt=1, description="fraction of replay frames held out to measure "

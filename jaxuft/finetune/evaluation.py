@@ -55,6 +55,15 @@ def eval_step_fn(mode: tuple, loss_cfg: LossConfig, n_species: int, potential=No
     split = mode[2]
     efs = potential.compiled("efs")
     sums = _sums_fn(loss_cfg, n_species)
+    if mode[0] == "multihead":  # aux = (frozen, head): the head's params, then the shared compiled efs
+
+        def mh_step(trainable, aux, batch):
+            frozen, head = aux
+            out = efs(split.merge(trainable, frozen, head), batch.graph)
+            pred = {"energy": out["energy"], "forces": out["forces"], "stress": out["stress"]}
+            return sums(pred, batch), pred
+
+        return mh_step
 
     def step(trainable, frozen, batch):
         out = efs(split.merge(trainable, frozen), batch.graph)
@@ -115,10 +124,15 @@ def evaluate(
     stress_key: str | None = None,
     name: str = "",
     progress: bool | None = None,
+    head: str | None = None,
+    heads=None,
 ) -> EvalReport:
     """Evaluate ``model`` (a Potential, or anything :func:`jaxuft.load` takes) on labelled frames.
 
     ``frames``: path(s), ``Atoms`` or :class:`Frame` s; ``params`` overrides the model's.
+    ``head``: score this head of a multihead fine-tune ("ft" or "foundation"); its leaves come
+    from ``heads`` (``result.heads``, a heads file or a fine-tune's model/ or output folder),
+    by default from the folder ``model`` was loaded from.
     ``progress``: a bar with rate and ETA (None: when stderr is a terminal or ``JAXUFT_PROGRESS=1``).
     """
     from ..progress import progress as _progress
@@ -126,6 +140,13 @@ def evaluate(
     from ..potential import Potential
 
     pot = model if isinstance(model, Potential) else _load(model, dtype)
+    if head is not None:
+        from .multihead import HeadError, load_heads, with_head
+
+        if heads is None and isinstance(model, Potential):
+            raise HeadError(f"head={head!r}: pass heads= (result.heads or the fine-tune's folder) with a Potential")
+        heads = load_heads(model if heads is None else heads) if not isinstance(heads, dict) else heads
+        pot = with_head(pot, heads, head)
     frs = read_frames(frames, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, require=())
     if not any(f.energy is not None or f.forces is not None or f.stress is not None for f in frs):
         from .data import DataError

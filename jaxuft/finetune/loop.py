@@ -14,7 +14,7 @@ import numpy as np
 from flax import struct
 
 from . import checkpoint as ckpt
-from .data import epoch_batches, fingerprint, iterate
+from .data import collate, fingerprint
 from .evaluation import run_eval
 from .history import write_logs
 from .loss import ErrorAccumulator
@@ -123,7 +123,8 @@ class TrainerLoop:
 
     # ---- evaluation --------------------------------------------------------------------
     def _evaluate(self, trainable, batches) -> dict:
-        metrics, _, _ = run_eval(self._eval_step, trainable, self.aux, batches, self.foundation.atomic_numbers)
+        metrics, _, _ = run_eval(self._eval_step, trainable, self._aux_for(batches, self.aux), batches,
+                                 self.foundation.atomic_numbers)
         return metrics
 
     @staticmethod
@@ -201,21 +202,25 @@ class TrainerLoop:
         te = time.perf_counter()
         rng, sub = jax.random.split(state.rng)
         state = state.replace(rng=rng)
-        chunks = epoch_batches(self.fit_samples, self.plan, sub)
+        chunks = self._epoch_chunks(sub)
         acc = ErrorAccumulator()
         loss_sum, graph_sum, frames, step = 0.0, 0.0, 0, state.step
         tr, opt_state, ema, ema_count = state.trainable, state.opt_state, state.ema, state.ema_count
         bar = _bar(len(chunks), f"epoch {epoch}/{cfg.epochs}", cfg.progress)
         lr = schedule.lr(step, epoch - 1)
-        for idx, batch in iterate(self.fit_samples, self.plan, chunks, self.dtype):
+        for grp, idx in chunks:
             lr = schedule.lr(step, epoch - 1)
-            tags = np.zeros(batch.weight.shape[0], np.int32)
-            tags[: len(idx)] = self.tags[idx]
-            tr, opt_state, ema, ema_count, sums, loss, ng = self._train_step(
-                tr, opt_state, ema, ema_count, self.aux,
-                batch, jnp.asarray(tags), jnp.asarray(lr, dtype=self.dtype), self.lr_scales,
-            )
-            loss_v, ng_v = float(loss), float(ng)
+            if len(idx) <= self.plan.batch_size:  # one pass
+                batch = collate([self.fit_samples[i] for i in idx], self.plan.capacity(grp), self.dtype)
+                tr, opt_state, ema, ema_count, sums, loss, ng = self._train_step(
+                    tr, opt_state, ema, ema_count, self.aux,
+                    batch, jnp.asarray(self._tags(idx)), jnp.asarray(lr, dtype=self.dtype), self.lr_scales,
+                )
+                loss_v, ng_v = float(loss), float(ng)
+            else:  # micro-batches: weighted gradients add up to the batch's, one optax update
+                tr, opt_state, ema, ema_count, sums, loss_v = self._micro_step(tr, opt_state, ema, ema_count, grp,
+                                                                              idx, lr)
+                ng_v = float(len(idx))
             if not math.isfinite(loss_v):
                 msg = (f"epoch {epoch}: the loss became {loss_v}; lower the learning rate (now {lr:.3g}) "
                        "or check the labels and units")
@@ -254,6 +259,31 @@ class TrainerLoop:
         elif epoch >= cfg.epochs:
             status = "finished"
         return state.replace(epoch=epoch, history=state.history + records, status=status), records, frames
+
+    def _tags(self, idx) -> np.ndarray:
+        tags = np.zeros(self.plan.batch_size + 1, np.int32)
+        tags[: len(idx)] = self.tags[idx]
+        return tags
+
+    def _micro_step(self, tr, opt_state, ema, ema_count, grp, idx, lr):
+        """One optax update from the micro-batches of batch ``idx`` (gradients summed with batch weights)."""
+        m = self.plan.batch_size
+        parts = [idx[k : k + m] for k in range(0, len(idx), m)]
+        n_nodes = float(sum(self.fit_samples[i].n_nodes for i in idx))
+        grads = sums = None
+        loss = 0.0
+        for part in parts:
+            batch = collate([self.fit_samples[i] for i in part], self.plan.capacity(grp), self.dtype)
+            wg = len(part) / len(idx)
+            wn = sum(self.fit_samples[i].n_nodes for i in part) / n_nodes
+            g, s, lv = self._grad_step(tr, self.aux, batch, jnp.asarray(self._tags(part)),
+                                       jnp.asarray(wg, self.dtype), jnp.asarray(wn, self.dtype))
+            grads = g if grads is None else jax.tree_util.tree_map(jnp.add, grads, g)
+            sums = s if sums is None else jax.tree_util.tree_map(jnp.add, sums, s)
+            loss += float(lv)
+        tr, opt_state, ema, ema_count = self._apply_step(tr, opt_state, ema, ema_count, grads,
+                                                         jnp.asarray(lr, dtype=self.dtype), self.lr_scales)
+        return tr, opt_state, ema, ema_count, sums, loss
 
     def _initial_metrics(self, state: TrainState) -> TrainState:
         """Epoch-0 records: the starting model on valid and replay hold-out (and the given model, if E0s changed)."""

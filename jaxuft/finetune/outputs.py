@@ -30,6 +30,15 @@ class FinetuneResult:
     manifest: dict
     out_dir: Path | None
     status: str  # "finished" | "early_stopped" | "diverged" | "interrupted"
+    heads: dict | None = None  # multihead: {head: {leaf path: array}} ("ft" is merged into ``potential``)
+
+    def head_potential(self, head: str):
+        """``potential`` with the leaves of ``head`` ("ft" or "foundation") of a multihead fine-tune."""
+        from .multihead import HeadError, with_head
+
+        if self.heads is None:
+            raise HeadError("this fine-tune has one head; multihead=True (--multihead) trains two")
+        return with_head(self.potential, self.heads, head)
 
     @property
     def metrics(self) -> dict:
@@ -86,8 +95,9 @@ class TrainerOutputs:
         if status == "running":  # stopped by stop_after: leave the checkpoint, write no model
             status = "interrupted"
         selected, final_tr, final_frozen = self._select(state, stopper)
-        params = self.split.merge(final_tr, final_frozen)
+        params = self._merge(final_tr, final_frozen)
         potential = self.foundation.with_params(params)
+        heads = self.split.heads(final_tr, final_frozen) if self.multihead else None
         manifest = self._manifest(state, stopper, status, selected, final_tr, final_frozen, resumed)
         if status != "interrupted":
             self.log(manifest["outcome"])
@@ -99,6 +109,11 @@ class TrainerOutputs:
                               "best_epoch": manifest["selected_epoch"]},
                 )
                 manifest["outputs"]["model"] = str(self.out_dir / "model")
+                if heads is not None:
+                    from .multihead import HEADS_FILE, save_heads
+
+                    save_heads(self.out_dir / "model" / HEADS_FILE, heads, {"merged": "ft"})
+                    manifest["outputs"]["heads"] = str(self.out_dir / "model" / HEADS_FILE)
             write_logs(self.out_dir, state.history)
             try:
                 if state.history:
@@ -107,7 +122,7 @@ class TrainerOutputs:
             except Exception as exc:  # plotting must never lose a run
                 self.log(f"learning-curve plot failed: {exc}")
             ckpt.write_json_atomic(self.out_dir / "manifest.json", manifest)
-        return FinetuneResult(potential, potential.params, state.history, manifest, self.out_dir, status)
+        return FinetuneResult(potential, potential.params, state.history, manifest, self.out_dir, status, heads)
 
     def _select(self, state, stopper) -> tuple[str, dict, dict]:
         """Which params the run returns.
@@ -139,10 +154,12 @@ class TrainerOutputs:
         """Errors of the final params with the full model (exact even when training used the cache)."""
         out = {}
         pot = self.foundation
-        step = eval_step_fn(("full", pot.module, self.split), self.config.loss, self.n_species, pot)
+        mode = ("multihead" if self.multihead else "full", pot.module, self.split)
+        step = eval_step_fn(mode, self.config.loss, self.n_species, pot)
         for name, batches in (("valid", self.valid_batches), ("replay_holdout", self.hold_batches)):
             if batches is not None:
-                out[name], _, _ = run_eval(step, final_tr, final_frozen, batches, pot.atomic_numbers)
+                out[name], _, _ = run_eval(step, final_tr, self._aux_for(batches, final_frozen), batches,
+                                           pot.atomic_numbers)
         return out
 
     def _manifest(self, state, stopper, status, selected, final_tr, final_frozen, resumed) -> dict:
@@ -183,6 +200,9 @@ class TrainerOutputs:
                 "trainable_leaves": list(self.split.trainable_paths),
                 "param_groups_source": self.groups.source,
                 "trunk_cache": cfg.trunk_cache,
+                "multihead": {"heads": ["ft", "foundation"], "head_leaves": list(self.head_paths),
+                              "merged_into_model": "ft", "foundation_head_trains_on": "replay frames"}
+                if self.multihead else None,
                 "cache_check": self.cache_report,
                 "cache_columns": getattr(getattr(self, "trunk", None), "stats", None),
             },
@@ -193,6 +213,7 @@ class TrainerOutputs:
                           "n_frames": len(self.valid_frames), "fingerprint": fingerprint(self.valid_frames)},
                 "replay": {"source": self.sources["replay"], **(self.replay_info or {})} if self.replay_info else None,
                 "compiled_shapes": [list(s) for s in self.plan.shapes],
+                "micro_batch_frames": self.micro,
             },
             "e0s": {**self.e0_info, "used": self.e0_info["model"], "note": "the given model (its own E0s) was kept"}
             if selected == "given" else self.e0_info,

@@ -31,8 +31,9 @@ from .e0s import E0_MODES, E0Error, describe, find_e0_leaf, lstsq_e0s, model_e0s
 from .evaluation import eval_step_fn
 from .optim import make_optimizer
 from .params import ParamSplit, lr_scales, n_scalars, param_groups, select_trainable
+from .multihead import SEP, MultiheadSplit, epoch_batches_by_head, head_leaves
 from .replay import generate_replay, pseudo_label, screen, split_holdout
-from .step import train_step_fn
+from .step import apply_step_fn, grad_step_fn, train_step_fn
 from .trunk import TrunkCache, affine_leaves, split_cache
 
 
@@ -78,6 +79,11 @@ class TrainerSetup:
         t0 = time.perf_counter()
         self.config = cfg = config or FinetuneConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if cfg.multihead and cfg.trunk_cache:
+            raise FinetuneError("multihead=True cannot use the frozen-trunk cache (trunk_cache); turn one off")
+        if cfg.multihead and (replay is None or replay is False):
+            raise FinetuneError("multihead=True needs replay frames for the foundation head: replay='generate' "
+                                "(--replay generate) or a file of structures")
         self.log = log or _default_log(cfg.progress)
         self.timings: dict = {}
         self.sources = {"model": _source_desc(model) if not _is_potential(model) else "<Potential>",
@@ -131,8 +137,14 @@ class TrainerSetup:
             raise DataError("no training frames left after the validation split")
         # one padded shape for everything (replay frames are added below): the set-up
         # evaluations (E0 check, least squares, affine check, pseudo-labels) reuse it
-        self.plan = ShapePlan(cfg.batch_size).add(self.train_samples).add(self.valid_samples)
-        self._probe = collate(self.train_samples[: cfg.batch_size], self.plan.capacity(), self.dtype)
+        # micro-batches: at most micro_batch_atoms atoms per gradient pass (whole frames); the padded
+        # shape of every compiled pass (and evaluation) holds `micro` frames, batches of batch_size
+        # frames are split and their gradients added (the same update)
+        largest = max(s.n_nodes for s in self.train_samples + self.valid_samples)
+        self.micro = max(1, min(cfg.batch_size, cfg.micro_batch_atoms // largest))
+        self.chunk_plan = ShapePlan(cfg.batch_size)  # which frames form a batch
+        self.plan = ShapePlan(self.micro).add(self.train_samples).add(self.valid_samples)
+        self._probe = collate(self.train_samples[: self.micro], self.plan.capacity(), self.dtype)
 
         # -- E0s and initial params
         self._stage(f"E0s ({cfg.e0s if isinstance(cfg.e0s, str) else 'given'})")
@@ -154,10 +166,18 @@ class TrainerSetup:
                     f"freeze={spec!r}: no leaf enters the energy linearly; "
                     "choose the leaves with freeze='train:REGEX'"
                 )
-        self.split = ParamSplit.create(self.params_init, trainable_paths)
-        self.trainable_init, self.frozen = self.split.split(self.params_init)
-        # the model as given (before any E0 refit): also a candidate unless allow_worse
-        self.given_trainable, self.given_frozen = self.split.split(pot.params)
+        self.multihead = bool(cfg.multihead)
+        if self.multihead:
+            self.head_paths = head_leaves(self.groups, self.params_init)
+            self.split = MultiheadSplit.create(self.params_init, trainable_paths, self.head_paths)
+            # "ft" head with the refitted E0s; "foundation" head as given (it reproduces the replay labels)
+            self.trainable_init, self.frozen = self.split.split(self.split.expand(self.params_init, pot.params))
+            self.given_trainable, self.given_frozen = self.split.split(self.split.expand(pot.params, pot.params))
+        else:
+            self.split = ParamSplit.create(self.params_init, trainable_paths)
+            self.trainable_init, self.frozen = self.split.split(self.params_init)
+            # the model as given (before any E0 refit): also a candidate unless allow_worse
+            self.given_trainable, self.given_frozen = self.split.split(pot.params)
         self.e0_refitted = _tree_hash(pot.params) != _tree_hash(self.params_init)
         self.n_trainable = n_scalars(self.trainable_init)
 
@@ -183,6 +203,9 @@ class TrainerSetup:
             self.timings["cache_s"] = time.perf_counter() - tc0
             self.mode = ("cache",)
             self.aux = self.trunk.theta0
+        elif self.multihead:
+            self.mode = ("multihead", pot.module, self.split)
+            self.aux = self.frozen
         else:
             self.mode = ("full", pot.module, self.split)
             self.aux = self.frozen
@@ -191,16 +214,37 @@ class TrainerSetup:
         self._stage("optimiser and batches")
         self.optimizer = make_optimizer(cfg.optim)
         self._train_step = train_step_fn(self.mode, cfg.loss, cfg.optim, self.n_species)
-        scales = lr_scales(self.split.trainable_paths, self.groups, cfg.optim.group_lr)
-        self.lr_scales = {p: jnp.asarray(c, self.dtype) for p, c in scales.items()}
+        if self.micro < cfg.batch_size:
+            self._grad_step = grad_step_fn(self.mode, cfg.loss, self.n_species)
+            self._apply_step = apply_step_fn(cfg.optim)
+        base = {k: k.partition(SEP)[2] if SEP in k else k for k in self.split.trainable_paths}
+        scales = lr_scales(sorted(set(base.values())), self.groups, cfg.optim.group_lr)
+        self.lr_scales = {k: jnp.asarray(scales[b], self.dtype) for k, b in base.items()}
         self._eval_step = eval_step_fn(self.mode, cfg.loss, self.n_species, pot)
         self.valid_batches = FixedBatches(self.valid_samples, self.plan, self.dtype) if self.valid_samples else None
         self.hold_batches = (
             FixedBatches(self.replay_hold_samples, self.plan, self.dtype) if self.replay_hold_samples else None
         )
-        self.steps_per_epoch = len(epoch_batches(self.fit_samples, self.plan, jax.random.PRNGKey(0)))
+        self.steps_per_epoch = len(self._epoch_chunks(jax.random.PRNGKey(0)))
         self._stage(None)
         self.timings["setup_s"] = time.perf_counter() - t0
+
+    # ---- heads ---------------------------------------------------------------------------
+    def _epoch_chunks(self, key):
+        """The shuffled batches of one epoch (multihead: each batch of one head's frames)."""
+        if self.multihead:
+            return epoch_batches_by_head(self.fit_samples, self.tags, self.chunk_plan, key)
+        return epoch_batches(self.fit_samples, self.chunk_plan, key)
+
+    def _aux_for(self, batches, frozen):
+        """The eval step's aux for ``batches``: frozen leaves (multihead: with the head of those frames)."""
+        if not self.multihead:
+            return frozen
+        return frozen, (1 if batches is self.hold_batches else 0)
+
+    def _merge(self, trainable, frozen):
+        """The model's params tree (multihead: with the "ft" head)."""
+        return self.split.merge(trainable, frozen, "ft") if self.multihead else self.split.merge(trainable, frozen)
 
     # ---- setup pieces ------------------------------------------------------------------
     def _stage(self, name: str | None) -> None:
@@ -295,14 +339,17 @@ class TrainerSetup:
 
     def _setup_replay(self, replay, keys) -> None:
         cfg, pot = self.config, self.init_potential
-        e0s = model_e0s(pot, self.params_init, self.e0_path)
+        labeller = self.params_init
+        if cfg.multihead:  # the foundation head keeps the model's own E0s: label with the model as given
+            pot, labeller = self.foundation, self.foundation.params
+        e0s = model_e0s(pot, labeller, self.e0_path)
         limits = dict(max_force=cfg.replay_max_force, max_energy=cfg.replay_max_energy, e0s=e0s)
         dropped: list = []
         if isinstance(replay, str) and replay == "generate":
             zs = sorted({int(z) for s in self.train_samples for z in s.numbers})
             try:
-                frames, dropped = generate_replay(pot, self.params_init, zs, cfg.replay_count, cfg.seed,
-                                                  batch_size=cfg.batch_size, weight=cfg.replay_weight,
+                frames, dropped = generate_replay(pot, labeller, zs, cfg.replay_count, cfg.seed,
+                                                  batch_size=self.plan.batch_size, weight=cfg.replay_weight,
                                                   plan=self.plan, **limits)
             except RuntimeError as exc:
                 raise FinetuneError(str(exc)) from None
@@ -314,7 +361,7 @@ class TrainerSetup:
                     f.weight = cfg.replay_weight
             else:
                 raw = read_frames(replay, require=(), name="replay data", **keys)
-                frames = pseudo_label(pot, self.params_init, [f.atoms for f in raw], batch_size=cfg.batch_size,
+                frames = pseudo_label(pot, labeller, [f.atoms for f in raw], batch_size=self.plan.batch_size,
                                       weight=cfg.replay_weight, source="replay", plan=self.plan)
                 frames, dropped = screen(frames, **limits)
                 if not frames:

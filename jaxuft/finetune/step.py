@@ -30,6 +30,56 @@ def train_step_fn(mode: tuple, loss_cfg: LossConfig, optim_cfg: OptimConfig, n_s
     return _STEP_CACHE[key]
 
 
+def grad_step_fn(mode: tuple, loss_cfg: LossConfig, n_species: int):
+    """The jitted gradient of one micro-batch, weighted so that micro-batch gradients add up to the batch's.
+
+    ``gstep(trainable, frozen, batch, tags, wg, wn)`` -> ``(grads, error sums of tag-0 frames, weighted loss)``:
+    the energy and stress terms (means over structures) are weighted by ``wg`` = this micro-batch's share of
+    the batch's structures, the force term (a mean over atoms) by ``wn`` = its share of the atoms, so the sum
+    over the micro-batches of a batch is exactly the batch's loss and gradient.
+    """
+    key = ("grad", mode, loss_cfg, n_species)
+    if key not in _STEP_CACHE:
+        predict = predict_for(mode)
+
+        def gstep(trainable, frozen, batch, tags, wg, wn):
+            def lossf(tp):
+                pred = predict(tp, frozen, batch, tags[0]) if mode[0] == "multihead" else predict(tp, frozen, batch)
+                t = loss_terms(pred, batch, loss_cfg)
+                scaled = (wg * (loss_cfg.energy_weight * t["energy"] + loss_cfg.stress_weight * t["stress"])
+                          + wn * loss_cfg.forces_weight * t["forces"])
+                return scaled, pred
+
+            (loss, pred), grads = jax.value_and_grad(lossf, has_aux=True)(trainable)
+            keep = (tags == 0).astype(batch.energy.dtype)
+            sel = batch._replace(energy_mask=batch.energy_mask * keep,
+                                 forces_mask=batch.forces_mask * keep[batch.graph.node_graph],
+                                 stress_mask=batch.stress_mask * keep)
+            return grads, error_sums(pred, sel, n_species), loss
+
+        _STEP_CACHE[key] = jax.jit(gstep)
+    return _STEP_CACHE[key]
+
+
+def apply_step_fn(optim_cfg: OptimConfig):
+    """The jitted optax update from accumulated gradients: ``(trainable, opt_state, ema, ema_count, grads, lr, scales)``."""
+    key = ("apply", optim_cfg.step_key())
+    if key not in _STEP_CACHE:
+        opt = make_optimizer(optim_cfg)
+        ema_decay = optim_cfg.ema_decay
+
+        def astep(trainable, opt_state, ema, ema_count, grads, lr, scales):
+            updates, opt_state = opt.update(grads, opt_state, trainable)
+            trainable = jax.tree_util.tree_map(lambda p, u, c: p - (lr * c).astype(p.dtype) * u, trainable, updates,
+                                               scales)
+            if ema_decay is not None:
+                ema, ema_count = ema_update(ema, trainable, ema_count, ema_decay)
+            return trainable, opt_state, ema, ema_count
+
+        _STEP_CACHE[key] = jax.jit(astep)
+    return _STEP_CACHE[key]
+
+
 def _make_train_step(mode: tuple, loss_cfg: LossConfig, optim_cfg: OptimConfig, n_species: int):
     predict = predict_for(mode)
     opt = make_optimizer(optim_cfg)
@@ -37,7 +87,8 @@ def _make_train_step(mode: tuple, loss_cfg: LossConfig, optim_cfg: OptimConfig, 
 
     def step(trainable, opt_state, ema, ema_count, frozen, batch, tags, lr, scales):
         def lossf(tp):
-            pred = predict(tp, frozen, batch)
+            # multihead: every batch holds one head's frames; tag 0 -> "ft", tag 1 -> "foundation"
+            pred = predict(tp, frozen, batch, tags[0]) if mode[0] == "multihead" else predict(tp, frozen, batch)
             terms = loss_terms(pred, batch, loss_cfg)
             return terms["loss"], pred
 

@@ -81,7 +81,21 @@ def predict_for(mode: tuple):
     """The predict function of a hashable mode key: ``("cache",)`` or ``("full", module, split)``."""
     if mode[0] == "cache":
         return cached_predict
+    if mode[0] == "multihead":
+        return multihead_predict_fn(mode[1], mode[2])
     return full_predict_fn(mode[1], mode[2])
+
+
+@functools.lru_cache(maxsize=16)
+def multihead_predict_fn(module, split):
+    """``predict(trainable, frozen, batch, head)``: the full model with head ``head`` (an int, may be traced)."""
+
+    def predict(trainable, frozen, batch, head):
+        params = split.merge(trainable, jax.lax.stop_gradient(frozen), head)
+        out = energy_forces_stress_fn(module, params, batch.graph)
+        return {"energy": out["energy"], "forces": out["forces"], "stress": out["stress"]}
+
+    return predict
 
 
 @functools.lru_cache(maxsize=16)
