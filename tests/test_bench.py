@@ -118,3 +118,15 @@ def test_gpu_suite_dry_run(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     assert "dry run" in out and "jaxuft bench" in out and "1 64 1024" in out
+
+
+def test_auto_replica_batch_fits_half_the_device(monkeypatch):
+    from jaxuft.bench import measure, suite
+
+    assert suite.auto_replica_batch(197, 1024) is None  # CPU: md.Simulation's own default
+    monkeypatch.setattr(suite, "accelerator", lambda: True)
+    monkeypatch.setattr(measure, "device_memory", lambda: {"limit": 104.0, "peak": 0.0})
+    assert suite.auto_replica_batch(197, 1024) == 70  # 0.5 * 104 GiB / (4 MB * 197 atoms)
+    assert suite.auto_replica_batch(197, 64) is None  # all fit in one group
+    monkeypatch.setattr(measure, "device_memory", lambda: None)  # no statistics: no guess
+    assert suite.auto_replica_batch(197, 1024) is None

@@ -56,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--budget-s", type=float, default=None,
                    help="skip an MD point whose time, estimated from the first point, exceeds this (default 600 s)")
     p.add_argument("--replica-batch", type=int, default=None, metavar="N",
-                   help="most replicas advanced together in one vmapped group (default: md.Simulation's: all on an "
-                        "accelerator); an out-of-memory point is retried with a quarter of the group")
+                   help="most replicas advanced together in one vmapped group (default: md.Simulation's; on an "
+                        "accelerator at most what half its memory holds at 4 MB per atom); an out-of-memory point is "
+                        "retried with a quarter of the group")
     p.add_argument("-o", "--out", default=None, help="JSON report (default jaxuft-bench-DATE.json)")
     p.set_defaults(func=_cmd_bench)

@@ -41,7 +41,7 @@ def rows_of(report: dict) -> list[list[str]]:
             steady, rate = f"{r['ms_per_step']:.4g} ms/step", f"{r['atoms_per_s']:.4g} atoms/s"
         else:
             steady, rate = f"SOAP {r['soap_ms']:.4g} + Q {r['q_ms']:.3g} ms", f"PCA fit {r['pca_fit_s']:.3g} s"
-        out.append(base + [_g(r.get("compile_s"), "{:.3g}"), steady, rate, _g(r.get("cost_vs_r1", r.get("cost_vs_1x")), "{:.3g}"),
+        out.append(base + [_g(r.get("compile_s"), "{:.3g}"), steady, rate, _g(r.get("cost_vs_r1", r.get("cost_vs_1x", r.get("cost_vs_first"))), "{:.3g}"),
                            _g(r.get("peak_rss_gb"), "{:.3g}"), _g(r.get("device_peak_gb"), "{:.3g}")])
     return out
 
@@ -51,7 +51,7 @@ def replica_summary(reports: list[dict]) -> list[str]:
     for rep in reports:
         series = {}
         for r in rep.get("results", []):
-            if r["item"] == "md-replicas" and "atom_steps_per_s" in r:
+            if r["item"] == "md-replicas" and "cost_vs_r1" in r:
                 series.setdefault((r["model"], r["system"]), []).append(r)
         for (model, system), rs in series.items():
             parts = [f"R={r['replicas']}: {r['atom_steps_per_s']:.4g} atom-steps/s (cost/atom-step vs R=1 "

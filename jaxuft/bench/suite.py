@@ -51,8 +51,9 @@ class BenchConfig(StrictModel):
     quick: bool = Field(False, description="a short check: fewer points and steps")
     tiny: bool = Field(False, description="toy model and an 8-atom cell (tests, smoke checks)")
     budget_s: float = Field(600.0, gt=0, description="skip an MD point whose estimated time exceeds this")
-    replica_batch: Optional[int] = Field(None, ge=1, description="most replicas per vmapped group (default: "
-                                                                 "md.Simulation's; quartered on out-of-memory)")
+    replica_batch: Optional[int] = Field(None, ge=1, description="most replicas per vmapped group (default: all, or "
+                                                                 "what half the accelerator's memory holds; quartered "
+                                                                 "on out-of-memory)")
 
     @field_validator("replicas", "sizes")
     @classmethod
@@ -226,7 +227,8 @@ def table_row(r: dict) -> str:
     else:
         steady, rate = f"{r['soap_q_ms']:.4g} ms", f"fit {r['pca_fit_s']:.3g} s"
     vals = [r["item"], r.get("model"), r.get("system"), r.get("atoms"), r.get("replicas"), r.get("compile_s"),
-            steady, rate, r.get("cost_vs_r1", r.get("cost_vs_1x")), r.get("peak_rss_gb"), r.get("device_peak_gb")]
+            steady, rate, r.get("cost_vs_r1", r.get("cost_vs_1x", r.get("cost_vs_first"))), r.get("peak_rss_gb"),
+            r.get("device_peak_gb")]
     return " ".join(_fmt(v, w) for v, (_, w) in zip(vals, COLUMNS))
 
 
@@ -306,12 +308,14 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], None] = lambda s: print(s,
                                 row["skipped"] = f"estimated {est:.0f} s > budget {cfg.budget_s:.0f} s (--budget-s)"
                                 add(row)
                                 continue
-                        row.update(measure.md_throughput(pot, atoms, r, steps, replica_batch=cfg.replica_batch))
+                        batch = cfg.replica_batch or auto_replica_batch(len(atoms), r)
+                        row.update(measure.md_throughput(pot, atoms, r, steps, replica_batch=batch))
                         if base_rate is None:
-                            base_rate = row["atom_steps_per_s"] / 1.0
-                            base_cost = row["ms_per_step"] / (r * f)
+                            base_rate, base_cost = row["atom_steps_per_s"], row["ms_per_step"] / (r * f)
+                            key = {(True, 1): "cost_vs_r1", (False, 1): "cost_vs_1x"}.get(
+                                (item == "md-replicas", r * f), "cost_vs_first")
                         # per-atom-step cost against the series' first point (R = 1, or the untiled system)
-                        row["cost_vs_r1" if item == "md-replicas" else "cost_vs_1x"] = base_rate / row["atom_steps_per_s"]
+                        row[key] = base_rate / row["atom_steps_per_s"]
                 except Exception as exc:  # one failed point (e.g. out of memory) must not lose the others
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
                 add(row)
@@ -320,6 +324,25 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], None] = lambda s: print(s,
     save()
     echo(f"[bench] done in {report['elapsed_s']:.0f} s; report: {out}")
     return report
+
+
+#: device bytes one atom of an MD step may need: host peaks of 2.1 (MACE-MP-0b small) and 3.6 MB
+#: (SevenNet-0) per atom were measured on the CPU (benchmarks/RESULTS.md, MD scaling), rounded up
+MD_BYTES_PER_ATOM = 4e6
+
+
+def auto_replica_batch(n_atoms: int, replicas: int) -> int | None:
+    """On an accelerator with memory statistics, the most replicas per vmapped group that fit in half its
+    memory at :data:`MD_BYTES_PER_ATOM`; None (md.Simulation's default) when all fit or the size is unknown."""
+    if not accelerator():
+        return None
+    from .measure import device_memory
+
+    mem = device_memory()
+    if not mem or not mem.get("limit"):
+        return None
+    fit = max(1, int(0.5 * mem["limit"] * 1024 ** 3 / (MD_BYTES_PER_ATOM * n_atoms)))
+    return fit if fit < replicas else None
 
 
 def _single(item: str, pot, base, cfg: BenchConfig, measure) -> dict:
