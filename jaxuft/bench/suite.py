@@ -276,6 +276,7 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], None] = lambda s: print(s,
     echo(table_header())
     save()
     steps = settings["steps"]
+    soap_done = False
     for model_name in settings["models"]:
         try:
             t0 = time.perf_counter()
@@ -286,6 +287,9 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], None] = lambda s: print(s,
             continue
         common = {"model": model_name, "system": sname, "dtype": cfg.dtype}
         for item in settings["items"]:
+            if item == "soap-q" and soap_done:
+                continue  # SOAP + Q does not depend on the model: measured once
+            soap_done = soap_done or item == "soap-q"
             if item == "md-replicas":
                 points = [(r, 1) for r in settings["replicas"]]
             elif item == "md-sizes":
@@ -295,6 +299,8 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], None] = lambda s: print(s,
             base_rate, base_cost = None, None
             for point in points:
                 row = {"item": item, **common}
+                if item == "soap-q":
+                    row["model"] = "-"  # model-independent
                 try:
                     if point is None:
                         row.update(_single(item, pot, base, cfg, measure))
