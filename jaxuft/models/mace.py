@@ -289,7 +289,7 @@ class MACE(nn.Module):
     radial_act: str
     constants: Constants = field(compare=True)
     #: edges per receiver chunk of the message sum (see :class:`ReceiverChunks`); 0: scatter every edge
-    edge_chunk: int = 8
+    edge_chunk: int = 16
 
     def _radii(self, dtype):
         return jnp.asarray(self.constants["covalent_radii"], dtype) if "covalent_radii" in self.constants else None
