@@ -55,7 +55,7 @@ def tiny_sevennet():
     params = jax.tree_util.tree_map(lambda s: 0.5 * rng.normal(size=s.shape), shapes)
     params["radial_frequencies"] = np.arange(1, cfg["num_basis"] + 1) * np.pi / cfg["r_max"]
     params["shift"] = np.array([-3.0, -7.0, -5.0])
-    params["scale"] = np.ones(3)
+    params["scale"] = np.full(3, 50.0)  # random weights give ~1e-4 eV/Å forces; scale them to ~5e-3 eV/Å
     return Potential(cfg, params, dtype="float64")
 
 

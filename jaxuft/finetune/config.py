@@ -155,10 +155,10 @@ class FinetuneConfig(_Config):
                                                                "forgetting")
     replay_max_force: Optional[float] = Field(
         20.0, gt=0, description="drop pseudo-labelled replay frames with a force component above this (eV/Å); "
-                                "none for no limit")
+                                "None (library) for no limit")
     replay_max_energy: Optional[float] = Field(
         5.0, description="drop pseudo-labelled replay frames whose energy is more than this above the model's E0s "
-                         "(eV/atom); none for no limit")
+                         "(eV/atom); None (library) for no limit")
     replay_labels: Literal["pseudo", "file"] = Field("pseudo", description="pseudo (label with the initial model) "
                                                                            "or file")
     energy_key: Optional[str] = Field(None, description="info key of the energy label")
