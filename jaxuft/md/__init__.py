@@ -36,6 +36,11 @@ Design (see the module docstrings for details):
 * :mod:`~jaxuft.md.trajectory` (extxyz per replica, npz), :mod:`~jaxuft.md.state`
   (the state file), :mod:`~jaxuft.md.compilation` (a reusable XLA compilation counter),
   :mod:`~jaxuft.md.cli` (``jaxuft md``).
+* Batched ensemble studies: ``sim.init([atoms_a, atoms_b, ...])`` pads systems of different
+  sizes, compositions and cells into one compiled program (per-system capacities, frames trimmed
+  per system); temperature, pressure, friction and timestep may be per-replica arrays;
+  ``replica_exchange=N`` swaps temperatures every N steps (Metropolis, momenta rescaled, per-pair
+  statistics); :mod:`~jaxuft.analysis.ensemble` gives autocorrelation-aware error bars.
 * Differentiable: :class:`DifferentiableMD` / :func:`differentiable_run` (:mod:`~jaxuft.md.differentiable`)
   make a short run a pure function of params, initial positions, cell and thermostat/barostat
   settings, rematerialised in ~sqrt(steps) blocks, with the gradient's memory reported;
