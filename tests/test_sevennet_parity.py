@@ -72,8 +72,11 @@ def sevennet0():
 
 
 def test_sevennet0_float32(sevennet0):
+    # float32 forces: sevenn's own float32 result for the 197-atom frame varies by up to 6.3e-4 eV/Å
+    # between two runs on the same inputs (torch CPU threads sum in a different order), so the bounds are
+    # 2e-3 eV/Å (forces) and 1e-3 eV (per-atom energies); the float64 test below is the tight parity check.
     pot = _compare(sevennet0, _frames(), "float32",
-                   {"energy": 1e-5, "forces": 1e-4, "stress": 1e-5, "energies": 1e-4})  # fmt: skip
+                   {"energy": 1e-5, "forces": 2e-3, "stress": 1e-5, "energies": 1e-3})  # fmt: skip
     assert pot.descriptors(small_triclinic()).shape == (2, 640)
 
 
