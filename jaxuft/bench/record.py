@@ -25,6 +25,19 @@ def _g(v, fmt="{:.4g}"):
     return "-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
 
 
+def steady_and_rate(r: dict, soap_parts: bool = False) -> tuple[str, str]:
+    """The steady-state time and the throughput of one result, as text (SOAP + Q split when asked)."""
+    if r["item"].startswith("md"):
+        return f"{r['ms_per_step']:.4g} ms/step", f"{r['atom_steps_per_s']:.4g} atom-steps/s"
+    if r["item"] == "energy-forces":
+        return f"{r['ms']:.4g} ms", f"{r['atoms_per_s']:.4g} atoms/s"
+    if r["item"] == "finetune":
+        return f"{r['ms_per_step']:.4g} ms/step", f"{r['atoms_per_s']:.4g} atoms/s"
+    if soap_parts:
+        return f"SOAP {r['soap_ms']:.4g} + Q {r['q_ms']:.3g} ms", f"PCA fit {r['pca_fit_s']:.3g} s"
+    return f"{r['soap_q_ms']:.4g} ms", f"fit {r['pca_fit_s']:.3g} s"
+
+
 def rows_of(report: dict) -> list[list[str]]:
     out = []
     for r in report.get("results", []):
@@ -33,14 +46,7 @@ def rows_of(report: dict) -> list[list[str]]:
             out.append(base + ["-", ("error: " + r["error"]) if "error" in r else ("skipped: " + r["skipped"])]
                        + ["-"] * 4)
             continue
-        if r["item"].startswith("md"):
-            steady, rate = f"{r['ms_per_step']:.4g} ms/step", f"{r['atom_steps_per_s']:.4g} atom-steps/s"
-        elif r["item"] == "energy-forces":
-            steady, rate = f"{r['ms']:.4g} ms", f"{r['atoms_per_s']:.4g} atoms/s"
-        elif r["item"] == "finetune":
-            steady, rate = f"{r['ms_per_step']:.4g} ms/step", f"{r['atoms_per_s']:.4g} atoms/s"
-        else:
-            steady, rate = f"SOAP {r['soap_ms']:.4g} + Q {r['q_ms']:.3g} ms", f"PCA fit {r['pca_fit_s']:.3g} s"
+        steady, rate = steady_and_rate(r, soap_parts=True)
         out.append(base + [_g(r.get("compile_s"), "{:.3g}"), steady, rate, _g(r.get("cost_vs_r1", r.get("cost_vs_1x", r.get("cost_vs_first"))), "{:.3g}"),
                            _g(r.get("peak_rss_gb"), "{:.3g}"), _g(r.get("device_peak_gb"), "{:.3g}")])
     return out

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from ..config import StrictModel
 from ..errors import JaxuftError
+from .record import steady_and_rate
 
 ITEMS = ("md-replicas", "md-sizes", "energy-forces", "finetune", "soap-q")
 PAPER_FRAME = Path("chclca") / "test" / "independent.xyz"
@@ -218,14 +219,7 @@ def table_row(r: dict) -> str:
         why = r.get("error") or r.get("skipped")
         return f"{r['item']:>13} {r.get('model', '-')[:16]:>16} {r.get('system', '-')[:10]:>10}  " + \
                ("ERROR: " if "error" in r else "skipped: ") + why
-    if r["item"].startswith("md"):
-        steady, rate = f"{r['ms_per_step']:.4g} ms/step", f"{r['atom_steps_per_s']:.4g} atom-steps/s"
-    elif r["item"] == "energy-forces":
-        steady, rate = f"{r['ms']:.4g} ms", f"{r['atoms_per_s']:.4g} atoms/s"
-    elif r["item"] == "finetune":
-        steady, rate = f"{r['ms_per_step']:.4g} ms/step", f"{r['atoms_per_s']:.4g} atoms/s"
-    else:
-        steady, rate = f"{r['soap_q_ms']:.4g} ms", f"fit {r['pca_fit_s']:.3g} s"
+    steady, rate = steady_and_rate(r)
     vals = [r["item"], r.get("model"), r.get("system"), r.get("atoms"), r.get("replicas"), r.get("compile_s"),
             steady, rate, r.get("cost_vs_r1", r.get("cost_vs_1x", r.get("cost_vs_first"))), r.get("peak_rss_gb"),
             r.get("device_peak_gb")]
