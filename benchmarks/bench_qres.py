@@ -135,14 +135,9 @@ def monitor_cost(args) -> int:
     )
     header = ["what", "ms", "% of energy+forces", "% more per MD step (monitor every step)",
               "% more per MD step (every 10th step)"]
-    if args.no_append:
-        print(notes)
-        for r in rows:
-            print(" | ".join(str(v) for v in r))
-    else:
-        from benchmarks.results import append
+    from benchmarks.results import record
 
-        append("Live Q monitor cost inside MD (issue 15 item 3)", header, rows, notes)
+    record("Live Q monitor cost inside MD (issue 15 item 3)", header, rows, notes, dry_run=args.no_append)
     return 0
 
 
@@ -202,14 +197,9 @@ def memory(args) -> int:
              f"sigma 0.375, 7 species (11172 features), float64, 5 components. 1-min load average at the end "
              f"{load:.1f} on {os.cpu_count()} cores (shared machine). Logs: {tmp}.")
     header = ["command", "peak RSS (GB)", "wall (s)", "exit status"]
-    if args.no_append:
-        print(notes)
-        for r in rows:
-            print(" | ".join(str(v) for v in r))
-    else:
-        from benchmarks.results import append
+    from benchmarks.results import record
 
-        append("Q-residual peak memory (issue 15 item 5)", header, rows, notes)
+    record("Q-residual peak memory (issue 15 item 5)", header, rows, notes, dry_run=args.no_append)
     return 0
 
 
@@ -318,14 +308,9 @@ def main(argv=None) -> int:
         f"Q max rel {q_err:.2e}; explained variance max rel {ev_err:.2e}."
     )
     header = ["step", "dscribe + scikit-learn (s)", "jaxuft (s)", "speedup"]
-    if args.no_append:
-        print(notes)
-        for r in rows:
-            print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
-    else:
-        from benchmarks.results import append
+    from benchmarks.results import record
 
-        append("Q-residual: SOAP + Q of the 197-atom frame", header, rows, notes)
+    record("Q-residual: SOAP + Q of the 197-atom frame", header, rows, notes, dry_run=args.no_append)
     return 0
 
 

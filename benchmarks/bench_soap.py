@@ -161,14 +161,9 @@ def main(argv=None) -> int:
         f"{peak_rss_gb():.2f} GB.\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch)."
     )
     header = ["step", "dscribe (s)", "jaxuft (s)", "speedup (min)", "speedup (median)", "speedup (CPU time)"]
-    if args.no_append:
-        print(notes)
-        for row in rows:
-            print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    else:
-        from benchmarks.results import append
+    from benchmarks.results import record
 
-        append("SOAP: jaxuft vs dscribe (issue 15 item 3)", header, rows, notes)
+    record("SOAP: jaxuft vs dscribe (issue 15 item 3)", header, rows, notes, dry_run=args.no_append)
     return 0
 
 

@@ -34,16 +34,30 @@ def machine() -> str:
     return ", ".join(parts)
 
 
+def table(header: list[str], rows: list[list]) -> str:
+    """A markdown table (floats to 4 significant digits)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |")
+    return "\n".join(lines)
+
+
+def record(title: str, header: list[str], rows: list[list], notes: str = "", dry_run: bool = False) -> str:
+    """``append`` the table to RESULTS.md, or with ``dry_run`` (a script's --no-append) only print it."""
+    if not dry_run:
+        return append(title, header, rows, notes)
+    text = notes.rstrip() + "\n" + table(header, rows)
+    print(text)
+    return text
+
+
 def append(title: str, header: list[str], rows: list[list], notes: str = "") -> str:
     """Append a markdown table under a dated heading; returns the text written."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"\n## {title} — {stamp}\n", f"Machine: {machine()}\n"]
     if notes:
         lines.append(notes.rstrip() + "\n")
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for r in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |")
+    lines.append(table(header, rows))
     text = "\n".join(lines) + "\n"
     with open(RESULTS, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
