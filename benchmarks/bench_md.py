@@ -110,26 +110,37 @@ print(json.dumps({"steps": steps, "wall_s": wall, "cpu_s": cpu, "warmup_s": warm
 """
 
 
+def _run_peer(label: str, python: Path, script: str, atoms, args: list[str], first: list[str] = (),
+              tuned_malloc: bool = False, timeout: int = 3600) -> dict | None:
+    """Run a reference script in its venv on ``atoms`` (written to a temporary file passed after ``first``);
+    its last stdout line is JSON.  ``tuned_malloc``: jaxuft's glibc allocator settings as environment variables."""
+    from ase.io import write
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frame.traj"
+        write(path, atoms)
+        cmd = [str(python), "-c", script, *first, str(path), *args]
+        env = dict(os.environ)
+        if tuned_malloc:
+            from jaxuft import host_memory
+
+            env.update(host_memory.environment())
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if res.returncode != 0:
+        print(f"[bench_md] {label} failed:\n{res.stderr[-2000:]}")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def torchsim_reference(atoms, replicas: int, steps: int, threads: int) -> dict | None:
     """TorchSim + SevenNet-0 batched Langevin in the torchsim venv (same allocator settings as jaxuft)."""
     if not TORCHSIM_PYTHON.exists():
         print(f"[bench_md] no torchsim venv at {TORCHSIM_PYTHON}: run tests/reference/make_venvs.sh torchsim")
         return None
-    from ase.io import write
-
-    from jaxuft import host_memory
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "frame.traj"
-        write(path, atoms)
-        cmd = [str(TORCHSIM_PYTHON), "-c", TORCHSIM_MD_SCRIPT, str(path), str(replicas), str(steps), str(threads)]
-        env = dict(os.environ)
-        env.update(host_memory.environment())
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, env=env)
-    if res.returncode != 0:
-        print(f"[bench_md] TorchSim reference failed:\n{res.stderr[-2000:]}")
+    out = _run_peer("TorchSim reference", TORCHSIM_PYTHON, TORCHSIM_MD_SCRIPT, atoms,
+                    [str(replicas), str(steps), str(threads)], tuned_malloc=True, timeout=7200)
+    if out is None:
         return None
-    out = json.loads(res.stdout.strip().splitlines()[-1])
     out["atom_steps_per_s"] = out["atoms"] * replicas * steps / out["wall_s"]
     return out
 
@@ -224,22 +235,10 @@ def torch_reference(model_path: str, atoms, steps: int, dtype: str, threads: int
     if not MACE_PYTHON.exists():
         print(f"[bench_md] no mace reference venv at {MACE_PYTHON}: skipping mace-torch + ASE")
         return None
-    from ase.io import write
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "frame.traj"
-        write(path, atoms)
-        cmd = [str(MACE_PYTHON), "-c", TORCH_MD_SCRIPT, str(model_path), str(path), dtype, str(steps), str(threads)]
-        env = dict(os.environ)
-        if tuned_malloc:
-            from jaxuft import host_memory
-
-            env.update(host_memory.environment())
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
-    if res.returncode != 0:
-        print(f"[bench_md] mace-torch reference failed:\n{res.stderr[-2000:]}")
+    out = _run_peer("mace-torch reference", MACE_PYTHON, TORCH_MD_SCRIPT, atoms,
+                    [dtype, str(steps), str(threads)], first=[str(model_path)], tuned_malloc=tuned_malloc, timeout=3600)
+    if out is None:
         return None
-    out = json.loads(res.stdout.strip().splitlines()[-1])
     out["atom_steps_per_s"] = out["atoms"] * steps / out["wall_s"]
     return out
 
