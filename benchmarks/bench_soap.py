@@ -81,8 +81,12 @@ def main(argv=None) -> int:
     import jax
     from dscribe.descriptors import SOAP as DSOAP
 
+    from jaxuft import host_memory
     from jaxuft.md.compilation import CompilationCounter
     from jaxuft.uq import SOAP
+
+    # the glibc allocator settings the jaxuft CLI uses (jaxuft/host_memory.py), for both codes in this process
+    tuned = host_memory.tune()
 
     frame = ase.io.read(data / "test/independent.xyz", 0)
     batch = ase.io.read(data / "train/periodic/FT5.xyz", f":{args.batch_frames}")
@@ -158,7 +162,8 @@ def main(argv=None) -> int:
         f"default threads. Times in s: the minimum of {r} warm calls ({max(2, r // 2)} batched); speedup = dscribe / "
         f"jaxuft by the minimum, the median and the process CPU time. Compilations during the steady timings: "
         f"{steady.count}. 1-min load average at the end {load:.1f} on {os.cpu_count()} cores; peak RSS of the run "
-        f"{peak_rss_gb():.2f} GB.\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch)."
+        f"{peak_rss_gb():.2f} GB; jaxuft's allocator settings (host_memory.tune) in effect for both: {tuned}."
+        f"\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch)."
     )
     header = ["step", "dscribe (s)", "jaxuft (s)", "speedup (min)", "speedup (median)", "speedup (CPU time)"]
     from benchmarks.results import record

@@ -21,7 +21,7 @@ from .limits import ElementLimits, element_limits, q_limit, t2_limit
 from .monitor import QResidualMonitor, build_monitor, monitor_observables, stop_on_flag
 from .covariance import CovarianceAccumulator, CovarianceOperator
 from .pca import PCA, PCAState, q_residual_fn, t2_fn, transform_fn
-from .soap import SOAP, graph_descriptor_fn, real_solid_harmonics, soap_from_edges, soap_from_neighbors
+from .soap import SOAP, graph_descriptor_fn, real_solid_harmonics, soap_from_edges, soap_from_species_slots, species_slot_layout
 
 __all__ = [
     "PCA",
@@ -46,7 +46,8 @@ __all__ = [
     "real_solid_harmonics",
     "soap_descriptor",
     "soap_from_edges",
-    "soap_from_neighbors",
+    "soap_from_species_slots",
+    "species_slot_layout",
     "species_of",
     "stop_on_flag",
     "t2_fn",

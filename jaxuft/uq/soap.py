@@ -27,9 +27,10 @@ number), within a pair ``l = 0..l_max``, within ``l`` the radial pairs: ``n <= n
 ``n_features = (S n_max)(S n_max + 1)/2 (l_max + 1)``.
 
 Shapes: ``SOAP.compute(atoms)`` -> ``(n_atoms, n_features)``; a list of structures
-gives all their atoms stacked in order.  Pure kernels: :func:`soap_from_neighbors`
-(per-centre neighbour slots, used by ``compute``), :func:`soap_from_edges` (a flat
-edge list) and :func:`graph_descriptor_fn` (from a padded Graph, for the live monitor).
+gives all their atoms stacked in order.  Pure kernels: :func:`soap_from_species_slots`
+(per-species neighbour slots from :func:`species_slot_layout`, used by ``compute``),
+:func:`soap_from_edges` (a flat edge list) and :func:`graph_descriptor_fn` (from a padded
+Graph, for the live monitor).
 """
 
 from __future__ import annotations
@@ -100,11 +101,12 @@ def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndar
     return alphas, betas
 
 
-def real_solid_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
+def real_solid_harmonics(vectors: jax.Array, l_max: int, axis: int = -1) -> jax.Array:
     """Real regular solid harmonics ``r^l Y_lm`` (orthonormal ``Y_lm``), ``(..., (l_max+1)^2)``.
 
     Order within ``l``: ``m = -l..l`` (sine-like for ``m < 0``).  Polynomials, so
-    well defined at ``r = 0``.  Built by the standard recursions for Racah-normalised
+    well defined at ``r = 0``.  ``axis``: where the ``(l, m)`` axis goes in the result
+    (stacking it in place is much cheaper on CPU than moving it afterwards).  Built by the standard recursions for Racah-normalised
     solid harmonics (``S_lm = sqrt(4 pi / (2l+1)) r^l Y_lm``), then rescaled.
     """
     x, y, z = vectors[..., 0], vectors[..., 1], vectors[..., 2]
@@ -124,7 +126,7 @@ def real_solid_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
                 val = val - float(np.sqrt((l + m) * (l - m))) * r2 * S[(l - 1, m)]
             S[(l + 1, m)] = val / float(np.sqrt((l + m + 1) * (l - m + 1)))
     out = [S[(l, m)] * float(np.sqrt((2 * l + 1) / (4 * np.pi))) for l in range(l_max + 1) for m in range(-l, l + 1)]
-    return jnp.stack(out, axis=-1)
+    return jnp.stack(out, axis=axis)
 
 
 def _feature_index(n_species: int, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,7 +193,7 @@ def soap_from_edges(
     neighbor_species:  (E,) int, SOAP species index of the neighbour (0..n_species-1)
     displacements:     (E, 3) Å, neighbour minus centre (the centre itself: a zero vector)
     edge_mask:         (E,) bool; masked edges contribute nothing
-    Returns ``(n_centers, n_features)``.  (:func:`soap_from_neighbors` is faster on CPU.)
+    Returns ``(n_centers, n_features)``.  (:func:`soap_from_species_slots` is faster on CPU.)
     """
     contrib = _contributions(consts, displacements, edge_mask, l_max)  # (E, LM, K)
     seg = centers * n_species + neighbor_species
@@ -200,43 +202,108 @@ def soap_from_edges(
     return _power_spectrum(consts, dens, n_species, n_max, l_max)
 
 
-def soap_from_neighbors(
-    consts: dict,
-    neighbor_species: jax.Array,
-    displacements: jax.Array,
-    mask: jax.Array,
-    n_species: int,
-    n_max: int,
-    l_max: int,
-    block: int = 16,
-) -> jax.Array:
-    """The SOAP power spectrum from per-centre neighbour slots (pure JAX).
+# ---------------------------------------------------------------- species-slot kernel (what ``compute`` runs)
+#
+# Layout: centres are the LAST (vectorised) axis of every per-neighbour array; the neighbour slots of
+# each species occupy a static range of the first axis (``caps[s]`` slots for species ``s``).  XLA's CPU
+# loops vectorise the last axis, so each step below is a plain multiply-add over all centres at once:
+# no one-hot product over species, no gathers in the hot loops.  The power spectrum then runs
+# centre-major (``(B, m, S n)``: outer products over the contiguous ``S n`` axis) and one constant
+# gather puts the features in dscribe's order.
 
-    neighbor_species: (N, J) int, SOAP species index of each neighbour slot
-    displacements:    (N, J, 3) Å, neighbour minus centre (the centre itself included, zero vector)
-    mask:             (N, J) bool, False for empty slots
-    Centres are processed ``block`` at a time (``N`` a multiple of ``block``), which keeps
-    the intermediates small.  Returns ``(N, n_features)``.
+
+def _small_bucket(n: int) -> int:
+    """Slot capacity for one species: exact up to 8, then :func:`bucket_size` (~12.5 % padding)."""
+    return int(n) if n <= 8 else bucket_size(int(n))
+
+
+def species_slot_layout(centers, species, displacements, n_centers: int, n_species: int, dtype=np.float64,
+                        center_multiple: int = 8):
+    """Host arrays for :func:`soap_from_species_slots` from neighbour edges sorted by centre.
+
+    centers, species: (E,) int (edges grouped by centre; within a centre any order);
+    displacements: (E, 3).  Returns ``caps`` (slots per species, a tuple, part of the
+    compiled shape), ``disp`` ``(J, 3, B)`` and ``mask`` ``(J, B)`` with ``J = sum(caps)``
+    and ``B`` = ``n_centers`` rounded up to a capacity bucket (a multiple of ``center_multiple``).
     """
-    n = neighbor_species.shape[0]
-    if n % block:
-        raise ValueError(f"the number of centres ({n}) must be a multiple of block ({block})")
-    dtype = displacements.dtype
+    centers = np.asarray(centers, np.int64)
+    species = np.asarray(species, np.int64)
+    key = centers * n_species + species
+    if key.size and np.any(np.diff(key) < 0):
+        order = np.argsort(key, kind="stable")
+        key, centers, species = key[order], centers[order], species[order]
+        displacements = np.asarray(displacements)[order]
+    counts = np.bincount(key, minlength=n_centers * n_species)
+    per = counts.reshape(n_centers, n_species).max(axis=0) if n_centers else np.zeros(n_species, np.int64)
+    caps = tuple(_small_bucket(int(c)) if c else 0 for c in per)
+    first = np.concatenate([[0], np.cumsum(caps)])
+    start = np.cumsum(counts) - counts
+    slot = first[species] + (np.arange(key.size) - start[key])
+    n_pad = -(-bucket_size(max(n_centers, 1)) // center_multiple) * center_multiple
+    disp = np.zeros((int(first[-1]), 3, n_pad), dtype)
+    mask = np.zeros((int(first[-1]), n_pad), bool)
+    disp[slot, :, centers] = displacements
+    mask[slot, centers] = True
+    return caps, disp, mask
 
-    def one_block(args):
-        spec, disp, m = args
-        contrib = _contributions(consts, disp, m, l_max)  # (B, J, LM, K)
-        onehot = jax.nn.one_hot(spec, n_species, dtype=dtype)  # (B, J, S)
-        dens = jnp.einsum("bjs,bjmk->bsmk", onehot, contrib)
-        return _power_spectrum(consts, dens, n_species, n_max, l_max)
 
-    nb = n // block
-    j = neighbor_species.shape[1]
-    out = jax.lax.map(
-        one_block,
-        (neighbor_species.reshape(nb, block, j), displacements.reshape(nb, block, j, 3), mask.reshape(nb, block, j)),
-    )
-    return out.reshape(n, -1)
+def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, caps: tuple, n_max: int, l_max: int):
+    """Expansion coefficients from species slots: one ``(B, 2l+1, S n_max)`` array per ``l`` (pure JAX).
+
+    ``disp (J, 3, B)``, ``mask (J, B)`` and ``caps`` as from :func:`species_slot_layout`."""
+    barrier = jax.lax.optimization_barrier
+    n_l, k = l_max + 1, consts["aoa"].shape[-1]
+    n_species = len(caps)
+    b = disp.shape[-1]
+    x, y, z = disp[:, 0], disp[:, 1], disp[:, 2]
+    sh = real_solid_harmonics(jnp.moveaxis(disp, 1, -1), l_max, axis=1)  # (J, LM, B)
+    r2 = x * x + y * y + z * z
+    radial = jnp.exp(consts["aoa"].astype(disp.dtype).reshape(-1)[None, :, None] * r2[:, None, :])  # (J, L K, B)
+    sh, radial = barrier((sh, jnp.where(mask[:, None, :], radial, 0.0)))
+    l_of_lm = np.repeat(np.arange(n_l), 2 * np.arange(n_l) + 1)
+    first = np.concatenate([[0], np.cumsum(caps)])
+
+    def species_density(lo, hi):  # sum over the species' slots of R_lm(r) exp(-alpha' r^2): (LM, K, B)
+        def add(j, acc):
+            shj = jax.lax.dynamic_index_in_dim(sh, j, 0, keepdims=False)
+            rj = jax.lax.dynamic_index_in_dim(radial, j, 0, keepdims=False).reshape(n_l, k, b)[l_of_lm]
+            return acc + shj[:, None, :] * rj
+
+        acc = jnp.zeros((n_l * n_l, k, b), disp.dtype)
+        return jax.lax.fori_loop(lo, hi, add, acc, unroll=4) if hi > lo else acc
+
+    dens = barrier(jnp.stack([species_density(int(first[s]), int(first[s + 1])) for s in range(n_species)]))
+    boa = consts["boa"].astype(disp.dtype)
+    out = []
+    for l in range(n_l):
+        d = dens[:, l * l : (l + 1) * (l + 1)]  # (S, M, K, B)
+        c = sum(d[:, :, None, q, :] * boa[l][None, None, :, q, None] for q in range(k))  # (S, M, n, B)
+        out.append(jnp.transpose(c, (3, 1, 0, 2)).reshape(b, 2 * l + 1, n_species * n_max))
+    return out
+
+
+def power_spectrum_from_coefficients(consts: dict, coefficients) -> jax.Array:
+    """Features ``(B, n_features)`` in dscribe's order from :func:`species_slot_coefficients`' output (pure JAX)."""
+    blocks = []
+    for l, c in enumerate(coefficients):  # (B, 2l+1, S n): outer products over the contiguous S n axis
+        p = sum(c[:, m, :, None] * c[:, m, None, :] for m in range(c.shape[1]))
+        blocks.append(p * consts["prel"].astype(c.dtype)[l])
+    power = jnp.stack(blocks, axis=1)
+    return power.reshape(power.shape[0], -1)[:, consts["feat_flat"]]
+
+
+def soap_from_species_slots(consts: dict, disp: jax.Array, mask: jax.Array, caps: tuple, n_max: int, l_max: int):
+    """The SOAP power spectrum ``(B, n_features)`` from species slots (pure JAX; see :func:`species_slot_layout`).
+
+    :meth:`SOAP.compute` runs the two halves as two compiled programs: in one program XLA:CPU
+    fuses the outer products into the final gather and loses the vectorisation (3x slower)."""
+    return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, caps, n_max, l_max))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_slot_stages(caps: tuple, n_max: int, l_max: int):
+    coeff = jax.jit(functools.partial(species_slot_coefficients, caps=caps, n_max=n_max, l_max=l_max))
+    return coeff, jax.jit(power_spectrum_from_coefficients)
 
 
 #: up to this many atoms the host pair search is a vectorised all-pairs scan over images
@@ -261,11 +328,11 @@ def _image_shifts(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarra
 
 
 def _pairs_dense(pos, cell, pbc, cutoff, species=None):
-    """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, self pair included (numpy).
+    """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, self pair included (numpy + scipy).
 
     Only periodic images inside the cell grown by ``cutoff`` (along the periodic axes)
     are candidates.  Pairs come sorted by centre ``i`` and, within a centre, by
-    ``species[j]`` when ``species`` is given (the order the SOAP slots use).
+    ``species[j]`` when ``species`` is given (else by ``j``).
     """
     from ase.geometry import complete_cell
 
@@ -289,21 +356,17 @@ def _pairs_dense(pos, cell, pbc, cutoff, species=None):
         wrapped = pos
         src = np.arange(n)
         images = pos
-    if species is not None:  # candidates by species, so that each centre's pairs come species-sorted
-        order = np.argsort(species[src], kind="stable")
-        src, images = src[order], images[order]
-    cut2 = cutoff * cutoff
-    block = max(1, 1_000_000 // max(len(images), 1))
-    ii, jj, dd = [], [], []
-    for start in range(0, n, block):
-        c = wrapped[start : start + block]
-        disp = images[None, :, :] - c[:, None, :]
-        d2 = np.einsum("cpk,cpk->cp", disp, disp)
-        ci, pi = np.nonzero(d2 <= cut2)
-        ii.append(ci + start)
-        jj.append(src[pi])
-        dd.append(disp[ci, pi])
-    return np.concatenate(ii), np.concatenate(jj), np.concatenate(dd)
+    # a k-d tree over the candidate images (scipy, C): ~3x faster than a numpy all-pairs scan here
+    from scipy.spatial import cKDTree
+
+    found = cKDTree(wrapped).sparse_distance_matrix(cKDTree(images), cutoff * (1.0 + 1e-9), output_type="ndarray")
+    ii, pp = found["i"].astype(np.int64), found["j"].astype(np.int64)
+    dd = images[pp] - wrapped[ii]
+    keep = np.einsum("ek,ek->e", dd, dd) <= cutoff * cutoff  # the exact test (distance <= cutoff, like dscribe)
+    ii, jj, dd = ii[keep], src[pp[keep]], dd[keep]
+    key = ii * (n if species is None else int(species.max()) + 1) + (jj if species is None else species[jj])
+    order = np.argsort(key, kind="stable")
+    return ii[order], jj[order], dd[order]
 
 
 def _pairs_ase(atoms, pos, cell, pbc, cutoff):
@@ -321,16 +384,6 @@ def _pairs_ase(atoms, pos, cell, pbc, cutoff):
     )
 
 
-#: centres per step of the compiled loop (8: the per-step intermediates stay in cache)
-_BLOCK = 8
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_soap(n_species: int, n_max: int, l_max: int):
-    fn = functools.partial(soap_from_neighbors, n_species=n_species, n_max=n_max, l_max=l_max, block=_BLOCK)
-    return jax.jit(fn)
-
-
 class SOAP:
     """Smooth Overlap of Atomic Positions, equal to dscribe's ``SOAP`` (GTO basis) with the same settings.
 
@@ -346,8 +399,9 @@ class SOAP:
 
     ``compute`` builds neighbour slots on the host (numpy all-pairs over periodic
     images up to 2000 atoms, ASE's neighbour list above), groups frames into calls of
-    at most ``max_edges_per_call`` neighbour pairs, and runs one jitted program per
-    capacity bucket (centres padded to a multiple of 16, neighbour slots to a bucket).
+    at most ``max_edges_per_call`` neighbour pairs, and runs two jitted programs per
+    capacity bucket (centres padded to a bucket, each species' neighbour slots to its own
+    bucket; see :func:`species_slot_layout`).
     """
 
     def __init__(
@@ -428,8 +482,15 @@ class SOAP:
         return {"aoa": aoa, "boa": boa, "prel": prel, "feat_flat": feat_flat.astype(np.int32)}
 
     def constants(self) -> dict:
-        """Device arrays of the basis constants (for :func:`soap_from_neighbors` / :func:`soap_from_edges`)."""
-        return {k: jnp.asarray(v if k.startswith("feat_") else v.astype(self.dtype)) for k, v in self._consts_np.items()}
+        """Device arrays of the basis constants (for :func:`soap_from_species_slots` / :func:`soap_from_edges`).
+
+        Made once per instance (and default device); ``compute`` reuses them."""
+        key = (str(jax.config.jax_default_device), jax.default_backend())
+        cached = getattr(self, "_consts_dev", None)
+        if cached is None or cached[0] != key:
+            arrays = {k: jnp.asarray(v if k.startswith("feat_") else v.astype(self.dtype)) for k, v in self._consts_np.items()}
+            self._consts_dev = cached = (key, arrays)
+        return dict(cached[1])
 
     def location(self, a, b) -> slice:
         """The slice of the feature vector that holds the species pair ``(a, b)`` (like dscribe's ``get_location``)."""
@@ -542,22 +603,10 @@ class SOAP:
         species = np.concatenate([e[1] for _, e in batch])
         disp = np.concatenate([e[2] for _, e in batch])
         n_nodes = int(offsets[-1])
-        if np.any(np.diff(centers) < 0):  # per-centre slots need the edges grouped by centre
-            order = np.argsort(centers, kind="stable")
-            centers, species, disp = centers[order], species[order], disp[order]
-        counts = np.bincount(centers, minlength=n_nodes)
-        slot = np.arange(len(centers)) - np.repeat(np.cumsum(counts) - counts, counts)
-        cap_j = bucket_size(int(counts.max()))
-        cap_n = -(-bucket_size(n_nodes) // _BLOCK) * _BLOCK
-        spec = np.zeros((cap_n, cap_j), np.int32)
-        dsp = np.zeros((cap_n, cap_j, 3), self.dtype)
-        mask = np.zeros((cap_n, cap_j), bool)
-        spec[centers, slot] = species
-        dsp[centers, slot] = disp
-        mask[centers, slot] = True
-        fn = _compiled_soap(self.n_species, self.n_max, self.l_max)
+        caps, dsp, mask = species_slot_layout(centers, species, disp, n_nodes, self.n_species, self.dtype)
+        coefficients, power = _compiled_slot_stages(caps, self.n_max, self.l_max)
         # one host view of the result (no copy on CPU), sliced per frame in numpy
-        out = np.asarray(fn(consts, jnp.asarray(spec), jnp.asarray(dsp), jnp.asarray(mask)))
+        out = np.asarray(power(consts, coefficients(consts, jnp.asarray(dsp), jnp.asarray(mask))))
         return out[:n_nodes], offsets
 
     def __repr__(self) -> str:
