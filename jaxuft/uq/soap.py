@@ -205,26 +205,25 @@ def soap_from_edges(
 # ---------------------------------------------------------------- species-slot kernel (what ``compute`` runs)
 #
 # Layout: centres are the LAST (vectorised) axis of every per-neighbour array; the neighbour slots of
-# each species occupy a static range of the first axis (``caps[s]`` slots for species ``s``).  XLA's CPU
-# loops vectorise the last axis, so each step below is a plain multiply-add over all centres at once:
-# no one-hot product over species, no gathers in the hot loops.  The power spectrum then runs
-# centre-major (``(B, m, S n)``: outer products over the contiguous ``S n`` axis) and one constant
-# gather puts the features in dscribe's order.
+# each species occupy a contiguous range of the first axis (``first[s] .. first[s+1]``, runtime values,
+# so frames whose neighbour counts differ share one compiled program).  XLA's CPU loops vectorise the
+# last axis, so each step below is a plain multiply-add over all centres at once: no one-hot product
+# over species, no gathers in the hot loop.  The power spectrum then runs centre-major (``(B, m, S n)``:
+# outer products over the contiguous ``S n`` axis) and one constant gather puts the features in
+# dscribe's order.
 
-
-def _small_bucket(n: int) -> int:
-    """Slot capacity for one species: exact up to 8, then :func:`bucket_size` (~12.5 % padding)."""
-    return int(n) if n <= 8 else bucket_size(int(n))
+#: neighbour slots per step of the density loop (each species' range is padded to a multiple of it)
+_SLOT_STEP = 4
 
 
 def species_slot_layout(centers, species, displacements, n_centers: int, n_species: int, dtype=np.float64,
                         center_multiple: int = 8):
-    """Host arrays for :func:`soap_from_species_slots` from neighbour edges sorted by centre.
+    """Host arrays for :func:`soap_from_species_slots` from neighbour edges (any order).
 
-    centers, species: (E,) int (edges grouped by centre; within a centre any order);
-    displacements: (E, 3).  Returns ``caps`` (slots per species, a tuple, part of the
-    compiled shape), ``disp`` ``(J, 3, B)`` and ``mask`` ``(J, B)`` with ``J = sum(caps)``
-    and ``B`` = ``n_centers`` rounded up to a capacity bucket (a multiple of ``center_multiple``).
+    centers, species: (E,) int; displacements: (E, 3).  Returns ``first`` ``(n_species+1,)``
+    int32 (species ``s`` owns slots ``first[s]:first[s+1]``, each range a multiple of
+    ``_SLOT_STEP``), ``disp`` ``(J, 3, B)`` and ``mask`` ``(J, B)``; ``J`` and ``B`` (centres,
+    a multiple of ``center_multiple``) are capacity buckets, the compiled shape.
     """
     centers = np.asarray(centers, np.int64)
     species = np.asarray(species, np.int64)
@@ -235,44 +234,48 @@ def species_slot_layout(centers, species, displacements, n_centers: int, n_speci
         displacements = np.asarray(displacements)[order]
     counts = np.bincount(key, minlength=n_centers * n_species)
     per = counts.reshape(n_centers, n_species).max(axis=0) if n_centers else np.zeros(n_species, np.int64)
-    caps = tuple(_small_bucket(int(c)) if c else 0 for c in per)
-    first = np.concatenate([[0], np.cumsum(caps)])
+    caps = -(-per // _SLOT_STEP) * _SLOT_STEP
+    first = np.concatenate([[0], np.cumsum(caps)]).astype(np.int32)
     start = np.cumsum(counts) - counts
     slot = first[species] + (np.arange(key.size) - start[key])
+    n_slots = -(-bucket_size(max(int(first[-1]), 1)) // _SLOT_STEP) * _SLOT_STEP
     n_pad = -(-bucket_size(max(n_centers, 1)) // center_multiple) * center_multiple
-    disp = np.zeros((int(first[-1]), 3, n_pad), dtype)
-    mask = np.zeros((int(first[-1]), n_pad), bool)
+    disp = np.zeros((n_slots, 3, n_pad), dtype)
+    mask = np.zeros((n_slots, n_pad), bool)
     disp[slot, :, centers] = displacements
     mask[slot, centers] = True
-    return caps, disp, mask
+    return first, disp, mask
 
 
-def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, caps: tuple, n_max: int, l_max: int):
+def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, first: jax.Array, n_max: int,
+                              l_max: int):
     """Expansion coefficients from species slots: one ``(B, 2l+1, S n_max)`` array per ``l`` (pure JAX).
 
-    ``disp (J, 3, B)``, ``mask (J, B)`` and ``caps`` as from :func:`species_slot_layout`."""
+    ``disp (J, 3, B)``, ``mask (J, B)`` and ``first (S+1,)`` as from :func:`species_slot_layout`."""
     barrier = jax.lax.optimization_barrier
     n_l, k = l_max + 1, consts["aoa"].shape[-1]
-    n_species = len(caps)
+    n_species = first.shape[0] - 1
     b = disp.shape[-1]
-    x, y, z = disp[:, 0], disp[:, 1], disp[:, 2]
-    sh = real_solid_harmonics(jnp.moveaxis(disp, 1, -1), l_max, axis=1)  # (J, LM, B)
-    r2 = x * x + y * y + z * z
+    sh = real_solid_harmonics(jnp.moveaxis(disp, 1, -1), l_max, axis=1)  # (J, LM, B), stacked in place
+    r2 = jnp.sum(disp * disp, axis=1)
     radial = jnp.exp(consts["aoa"].astype(disp.dtype).reshape(-1)[None, :, None] * r2[:, None, :])  # (J, L K, B)
     sh, radial = barrier((sh, jnp.where(mask[:, None, :], radial, 0.0)))
     l_of_lm = np.repeat(np.arange(n_l), 2 * np.arange(n_l) + 1)
-    first = np.concatenate([[0], np.cumsum(caps)])
 
-    def species_density(lo, hi):  # sum over the species' slots of R_lm(r) exp(-alpha' r^2): (LM, K, B)
-        def add(j, acc):
-            shj = jax.lax.dynamic_index_in_dim(sh, j, 0, keepdims=False)
-            rj = jax.lax.dynamic_index_in_dim(radial, j, 0, keepdims=False).reshape(n_l, k, b)[l_of_lm]
-            return acc + shj[:, None, :] * rj
+    def species_density(s):  # sum over species s's slots of R_lm(r) exp(-alpha' r^2): (LM, K, B)
+        lo, hi = first[s], first[s + 1]
 
-        acc = jnp.zeros((n_l * n_l, k, b), disp.dtype)
-        return jax.lax.fori_loop(lo, hi, add, acc, unroll=4) if hi > lo else acc
+        def add(i, acc):
+            for q in range(_SLOT_STEP):
+                j = lo + i * _SLOT_STEP + q
+                shj = jax.lax.dynamic_index_in_dim(sh, j, 0, keepdims=False)
+                rj = jax.lax.dynamic_index_in_dim(radial, j, 0, keepdims=False).reshape(n_l, k, b)[l_of_lm]
+                acc = acc + shj[:, None, :] * rj
+            return acc
 
-    dens = barrier(jnp.stack([species_density(int(first[s]), int(first[s + 1])) for s in range(n_species)]))
+        return jax.lax.fori_loop(0, (hi - lo) // _SLOT_STEP, add, jnp.zeros((n_l * n_l, k, b), disp.dtype))
+
+    dens = barrier(jax.lax.map(species_density, jnp.arange(n_species)))  # one loop body: short compiles
     boa = consts["boa"].astype(disp.dtype)
     out = []
     for l in range(n_l):
@@ -292,17 +295,18 @@ def power_spectrum_from_coefficients(consts: dict, coefficients) -> jax.Array:
     return power.reshape(power.shape[0], -1)[:, consts["feat_flat"]]
 
 
-def soap_from_species_slots(consts: dict, disp: jax.Array, mask: jax.Array, caps: tuple, n_max: int, l_max: int):
+def soap_from_species_slots(consts: dict, disp: jax.Array, mask: jax.Array, first: jax.Array, n_max: int,
+                            l_max: int) -> jax.Array:
     """The SOAP power spectrum ``(B, n_features)`` from species slots (pure JAX; see :func:`species_slot_layout`).
 
     :meth:`SOAP.compute` runs the two halves as two compiled programs: in one program XLA:CPU
     fuses the outer products into the final gather and loses the vectorisation (3x slower)."""
-    return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, caps, n_max, l_max))
+    return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, first, n_max, l_max))
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_slot_stages(caps: tuple, n_max: int, l_max: int):
-    coeff = jax.jit(functools.partial(species_slot_coefficients, caps=caps, n_max=n_max, l_max=l_max))
+def _compiled_slot_stages(n_max: int, l_max: int):
+    coeff = jax.jit(functools.partial(species_slot_coefficients, n_max=n_max, l_max=l_max))
     return coeff, jax.jit(power_spectrum_from_coefficients)
 
 
@@ -400,8 +404,8 @@ class SOAP:
     ``compute`` builds neighbour slots on the host (numpy all-pairs over periodic
     images up to 2000 atoms, ASE's neighbour list above), groups frames into calls of
     at most ``max_edges_per_call`` neighbour pairs, and runs two jitted programs per
-    capacity bucket (centres padded to a bucket, each species' neighbour slots to its own
-    bucket; see :func:`species_slot_layout`).
+    capacity bucket (centres and neighbour slots padded to buckets; see
+    :func:`species_slot_layout`).
     """
 
     def __init__(
@@ -603,10 +607,11 @@ class SOAP:
         species = np.concatenate([e[1] for _, e in batch])
         disp = np.concatenate([e[2] for _, e in batch])
         n_nodes = int(offsets[-1])
-        caps, dsp, mask = species_slot_layout(centers, species, disp, n_nodes, self.n_species, self.dtype)
-        coefficients, power = _compiled_slot_stages(caps, self.n_max, self.l_max)
+        first, dsp, mask = species_slot_layout(centers, species, disp, n_nodes, self.n_species, self.dtype)
+        coefficients, power = _compiled_slot_stages(self.n_max, self.l_max)
+        coeff = coefficients(consts, jnp.asarray(dsp), jnp.asarray(mask), jnp.asarray(first))
         # one host view of the result (no copy on CPU), sliced per frame in numpy
-        out = np.asarray(power(consts, coefficients(consts, jnp.asarray(dsp), jnp.asarray(mask))))
+        out = np.asarray(power(consts, coeff))
         return out[:n_nodes], offsets
 
     def __repr__(self) -> str:
