@@ -175,6 +175,8 @@ def measure(pot, atoms, replicas: int, steps: int, dtype: str) -> dict:
     # throughput only: no safety stop may freeze a replica (a frozen replica costs nothing)
     safety = md.Safety(max_temperature=1e9, min_distance=0.0)
     sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety)
+    if getattr(pot, "bench_all_species", False):  # --mace-present-species off: the model compiled for all species
+        sim.model_module = lambda: pot.module
     start = sim.init(atoms, replicas=replicas, seed=0)
     t0 = time.perf_counter()
     state, first = sim.run(start, n_steps=steps, record_every=steps, progress=False)
@@ -259,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mace-edge-chunk", type=int, nargs="+", default=None,
                     help="MACE only: measure these message-sum chunk sizes (0 = the per-edge scatter used before "
                          "2026-12-01); the model's default keeps the plain label")
+    ap.add_argument("--mace-present-species", nargs="+", choices=["off", "on"], default=None,
+                    help="MACE only: measure the model compiled for all species (off, the code before 2026-12-01 "
+                         "14:00) and for the run's species (on, what jaxuft.md.Simulation compiles)")
     ap.add_argument("--peer", choices=["torchsim"], default=None,
                     help="also run TorchSim + SevenNet-0 (batched Langevin) at the same systems and replica counts")
     ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
@@ -320,6 +325,16 @@ def main(argv=None) -> int:
                 variants.append((var, label if chunk == pot.module.edge_chunk else f"{label} (edge_chunk={chunk})"))
         else:
             variants.append((pot, label))
+    if args.mace_present_species:
+        import copy
+
+        split = []
+        for pot, label in variants:
+            for ps in (args.mace_present_species if pot.config.get("family") == "mace" else ["on"]):
+                var = copy.copy(pot)
+                var.bench_all_species = ps == "off"
+                split.append((var, f"{label} (all species)" if ps == "off" else label))
+        variants = split
     for pot, label in variants:
         for sname, atoms in sys_atoms.items():
             base = None

@@ -17,6 +17,8 @@ module labels its parts: ``edge_geometry``, ``radial_mlp``, ``messages``, ``line
 The XLA cost analysis (flops, bytes accessed) of the whole compiled segment is printed too.
 Op times are summed over the trace, so on a loaded machine they include time the threads were
 preempted (their sum can exceed the wall time): compare shares, not absolute sums.
+``--present-species off on`` profiles the MACE model compiled for all 89 species (off, the code before
+2026-12-01 14:00) and for the species of the run (on, what :class:`jaxuft.md.Simulation` compiles) in one run.
 ``--edge-chunk 0 8`` profiles the MACE message sum per edge (0, the code before 2026-12-01) and per
 receiver chunk of 8 in one run.  Prints tables; ``--markdown`` prints them as Markdown;
 ``--append`` appends the per-part table (shares per variant) to benchmarks/RESULTS.md.
@@ -86,7 +88,7 @@ def trace_events(trace_dir: str) -> list:
         return json.load(f)["traceEvents"]
 
 
-def profile(pot, atoms, replicas: int, steps: int, repeats: int) -> dict:
+def profile(pot, atoms, replicas: int, steps: int, repeats: int, present_species: bool = True) -> dict:
     import jax
 
     from jaxuft import md
@@ -94,6 +96,8 @@ def profile(pot, atoms, replicas: int, steps: int, repeats: int) -> dict:
 
     safety = md.Safety(max_temperature=1e9, min_distance=0.0)
     sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety)
+    if not present_species:  # the model as compiled before 2026-12-01 14:00: weights gathered from all species
+        sim.model_module = lambda: pot.module
     state = sim.init(atoms, replicas=replicas, seed=0)
     state, _ = sim.run(state, n_steps=steps, record_every=steps, progress=False)  # builds lists, sizes capacities
     params, extra, limits, cond = sim._params(None), jax.device_put({}), sim.limits(), sim.conditions()
@@ -175,6 +179,9 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--edge-chunk", type=int, nargs="+", default=None,
                     help="MACE: profile these message-sum chunk sizes in one run (0 = per-edge scatter)")
+    ap.add_argument("--present-species", nargs="+", choices=["off", "on"], default=None,
+                    help="MACE: profile the model compiled for all species (off) and for the run's species "
+                         "(on, what MD does) in one run")
     ap.add_argument("--append", action="store_true", help="append the per-part table to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.structure):
@@ -195,9 +202,13 @@ def main(argv=None) -> int:
             var = copy.copy(pot)
             var.module = pot.module.clone(edge_chunk=chunk)
             variants.append((f"edge_chunk={chunk}", var))
+    variants = [(name, var, True) for name, var in variants]
+    if args.present_species:
+        variants = [(f"{name}, present species {ps}" if len(variants) > 1 else f"present species {ps}", var, ps == "on")
+                    for name, var, _ in variants for ps in args.present_species]
     results = []
-    for name, var in variants:
-        res = profile(var, atoms, args.replicas, args.steps, args.repeats)
+    for name, var, present in variants:
+        res = profile(var, atoms, args.replicas, args.steps, args.repeats, present)
         load = os.getloadavg()
         res["load"] = load
         results.append((name, res))

@@ -76,3 +76,47 @@ def test_mace_family_parity_float64(preset, tmp_path):
     for o, r in zip(pot.predict(frames), ref):
         assert abs(o["energy"] - r["energy"]) <= 1e-9 * abs(r["energy"])
         assert np.abs(o["forces"] - r["forces"]).max() <= 1e-7
+
+
+def test_mace_parity_present_species(reference, tmp_path):
+    """The module specialised to the frames' species (what MD compiles) matches mace-torch in float64;
+    a node of a species outside the declared set gets a NaN energy, never a silently wrong one."""
+    import jax
+
+    import jaxuft
+    from jaxuft.md import Langevin, Simulation
+    from jaxuft.models import restrict_species
+
+    preset, model, frames, ref = reference
+    pot = jaxuft.load(jaxuft.convert(model, tmp_path / "converted"), dtype="float64")
+    graph = pot.graph(frames)
+    numbers = np.concatenate([a.get_atomic_numbers() for a in frames])
+    species = pot.species_map(numbers)
+    module = restrict_species(pot.module, species)
+    assert module.present_species == tuple(sorted(set(species.tolist()))) and module != pot.module
+    out = jax.device_get(jax.jit(lambda p, g: jaxuft.energy_forces_stress(module, p, g))(pot.params, graph))
+    tol, start = TOL["float64"], 0
+    for k, (a, r) in enumerate(zip(frames, ref)):
+        n = len(a)
+        assert abs(out["energy"][k] - r["energy"]) <= tol["energy_rel"] * abs(r["energy"]), f"{preset} frame {k}"
+        assert np.abs(out["forces"][start : start + n] - r["forces"]).max() <= tol["forces"], f"{preset} frame {k}"
+        if a.pbc.all():
+            s33 = out["stress"][k]
+            voigt = np.array([s33[0, 0], s33[1, 1], s33[2, 2], s33[1, 2], s33[0, 2], s33[0, 1]])
+            assert np.abs(voigt - np.asarray(r["stress"])).max() <= tol["stress"], f"{preset} frame {k}"
+        start += n
+    # one species left out of the set: the frames holding it get NaN energies, the others are unchanged
+    dropped = int(species[0])
+    partial = restrict_species(pot.module, [s for s in set(species.tolist()) if s != dropped])
+    e = np.asarray(jaxuft.energy(partial, pot.params, graph))[: len(frames)]
+    holds = [bool(np.any(pot.species_map(a.get_atomic_numbers()) == dropped)) for a in frames]
+    assert holds[0] and all(np.isnan(e[k]) == h for k, h in enumerate(holds))
+    rest = ~np.asarray(holds)
+    np.testing.assert_allclose(e[rest], np.asarray(out["energy"])[: len(frames)][rest], rtol=1e-12)
+    # MD compiles the module specialised to its run's species (a mixed batch: the union)
+    sim = Simulation(pot, Langevin(0.5, 300.0))
+    assert sim.model_module() == pot.module  # before init
+    sim.init(frames[1:3])
+    z = np.concatenate([a.get_atomic_numbers() for a in frames[1:3]])
+    assert sim.model_module().present_species == tuple(sorted(set(pot.species_map(z).tolist())))
+    assert sim.program(1, 1).module == sim.model_module()

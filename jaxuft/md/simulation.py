@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
+from ..models import restrict_species
 from ..structures import MIN_DISTANCE, check_overlaps, validate_atoms
 from . import neighbors as nl
 from .compilation import CompilationCounter
@@ -198,7 +199,7 @@ class Simulation:
     # ------------------------------------------------------------------ pure functions
     def program(self, n_records: int, record_every: int, spec=None, ticks: bool = False) -> Program:
         return Program(
-            module=self.potential.module,
+            module=self.model_module(),
             ensemble=self.ensemble.static_key,
             spec=spec or self.spec,
             n_records=int(n_records),
@@ -209,6 +210,18 @@ class Simulation:
             replica_batch=self._replica_batch(spec or self.spec),
             ticks=bool(ticks),
         )
+
+    def model_module(self):
+        """The potential's module specialised to this run's species (a mixed batch: the union over its systems).
+
+        A run's species are fixed, so the set is static: MACE then takes its species-indexed weights for
+        these species only (see :func:`jaxuft.models.restrict_species`); other families are unchanged.
+        Before :meth:`init`/:meth:`restore`: ``potential.module``."""
+        if self.numbers is None:
+            return self.potential.module
+        z = np.asarray(self.numbers).reshape(-1)
+        z = z[z > 0]  # a mixed batch pads with 0
+        return restrict_species(self.potential.module, self.potential.species_map(z))
 
     def _replica_batch(self, spec) -> int:
         if self.replica_batch is not None:

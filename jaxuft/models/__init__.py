@@ -27,3 +27,16 @@ def build_module(config: dict, constants: dict | None = None):
     mod_name, fn = FAMILIES[family].split(":")
     builder = getattr(importlib.import_module(mod_name), fn)
     return builder(config, constants) if constants else builder(config)
+
+
+def restrict_species(module, species):
+    """``module`` specialised to the model species indices ``species`` when its family supports it
+    (MACE: species-indexed weights taken for those species only; see ``MACE.present_species``), else ``module``.
+
+    The result is a different (hashable) module, so programs compiled for it are distinct; a node of a
+    species outside the set gets a NaN energy."""
+    if "present_species" not in getattr(module, "__dataclass_fields__", {}):
+        return module
+    from .mace import restrict_species as mace_restrict
+
+    return mace_restrict(module, species)

@@ -167,8 +167,29 @@ def take_slots(x, chunks: ReceiverChunks, fill):
     return jnp.where(used, x[safe], jnp.asarray(fill, x.dtype))
 
 
-def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
-    """e3nn ``FullyConnectedTensorProduct(irreps_in, n_species x 0e, irreps_out)`` with one-hot input 2."""
+class PresentSpecies(NamedTuple):
+    """The static set of species a compiled program evaluates (see ``MACE.present_species``)."""
+
+    indices: tuple  # sorted model species indices (static)
+    one_hot: jax.Array  # (N, P) one-hot of each node over ``indices``; zero row for a species outside the set
+    known: jax.Array  # (N,) bool: the node's species is in the set
+
+
+def present_species(species, indices: tuple, n_species: int, dtype) -> PresentSpecies:
+    remap = np.full(n_species, len(indices), np.int32)
+    remap[np.asarray(indices, np.int64)] = np.arange(len(indices), dtype=np.int32)
+    local = jnp.asarray(remap)[species]
+    return PresentSpecies(tuple(indices), jax.nn.one_hot(local, len(indices), dtype=dtype), local < len(indices))
+
+
+def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out, present=None):
+    """e3nn ``FullyConnectedTensorProduct(irreps_in, n_species x 0e, irreps_out)`` with one-hot input 2.
+
+    ``present``: optional :class:`PresentSpecies` (the static set of species the caller will pass);
+    then the weights of those species are taken statically and each path is one GEMM over
+    ``(u x P)`` with the node's one-hot over the present species, instead of a per-node
+    ``(u, w)`` weight gathered from all ``n_species`` (a memory-bound gather + batched matvec).
+    """
     offs = I.offsets(irreps_in)
     outs, w_off = [], 0
     per_out = {j: [] for j in range(len(irreps_out))}
@@ -178,18 +199,26 @@ def skip_tensor_product(x, species, weight, irreps_in, n_species, irreps_out):
                 n = mi.mul * n_species * mo.mul
                 per_out[j].append((i, weight[w_off : w_off + n].reshape(mi.mul, n_species, mo.mul)))
                 w_off += n
+    N = x.shape[0]
     for j, mo in enumerate(irreps_out):
         fan = sum(irreps_in[i].mul * n_species for i, _ in per_out[j])
-        acc = jnp.zeros((x.shape[0], mo.mul, mo.dim), x.dtype)
+        acc = jnp.zeros((N, mo.mul, mo.dim), x.dtype)
         for i, w in per_out[j]:
             mi = irreps_in[i]
             xi = x[:, offs[i] : offs[i] + mi.mul * mi.dim].reshape(-1, mi.mul, mi.dim)
-            ws = jnp.take(w, species, axis=1)  # (u, N, w)
             sign = float(np.sign(I.wigner_3j(mi.l, 0, mo.l)[0, 0, 0]))
-            acc = acc + sign * jnp.einsum("num,unw->nwm", xi, ws)
+            if present is None:
+                ws = jnp.take(w, species, axis=1)  # (u, N, w)
+                acc = acc + sign * jnp.einsum("num,unw->nwm", xi, ws)
+            else:
+                P = len(present.indices)
+                wp = jnp.moveaxis(w[:, np.asarray(present.indices), :], 1, 0).reshape(P * mi.mul, mo.mul)  # (P*u, w)
+                xo = present.one_hot[:, :, None, None] * jnp.moveaxis(xi, -1, 1)[:, None]  # (N, P, m, u)
+                xo = jnp.moveaxis(xo, 2, 1).reshape(N * mi.dim, P * mi.mul)  # (N*m, P*u)
+                acc = acc + sign * jnp.swapaxes((xo @ wp).reshape(N, mi.dim, mo.mul), 1, 2)
         if fan:  # an output no input reaches stays zero, as in e3nn
             acc = acc / math.sqrt(fan)
-        outs.append(acc.reshape(x.shape[0], -1))
+        outs.append(acc.reshape(N, -1))
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -290,6 +319,10 @@ class MACE(nn.Module):
     constants: Constants = field(compare=True)
     #: edges per receiver chunk of the message sum (see :class:`ReceiverChunks`); 0: scatter every edge
     edge_chunk: int = 16
+    #: sorted model species indices the caller will evaluate (e.g. the species of an MD run), or None (any).
+    #: Static: part of the compiled program's identity. With a set, the species-indexed weights (skip tensor
+    #: product) are taken for these species only; a real node of another species gets a NaN energy.
+    present_species: tuple | None = None
 
     def _radii(self, dtype):
         return jnp.asarray(self.constants["covalent_radii"], dtype) if "covalent_radii" in self.constants else None
@@ -303,6 +336,9 @@ class MACE(nn.Module):
         z = z_table[species]
         one_hot = jax.nn.one_hot(species, S, dtype=dtype)
         h = self.head_index
+        present = None
+        if self.present_species is not None:
+            present = present_species(species, self.present_species, S, dtype)
 
         e0 = self.param("atomic_energies", nn.initializers.zeros, (self.n_heads, S), dtype)
         scale = self.param("scale", nn.initializers.ones, (self.n_heads,), dtype)
@@ -355,7 +391,7 @@ class MACE(nn.Module):
             with jax.named_scope("mace/skip_tp"):
                 if residual:
                     w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.node_feats_irreps, S, spec.skip_irreps_out),), dtype)
-                    sc = skip_tensor_product(feats, species, w_skip, spec.node_feats_irreps, S, spec.skip_irreps_out)
+                    sc = skip_tensor_product(feats, species, w_skip, spec.node_feats_irreps, S, spec.skip_irreps_out, present)
             with jax.named_scope("mace/linear"):
                 w_up = self.param(f"{pre}.linear_up", nn.initializers.normal(1.0), (linear_numel(spec.node_feats_irreps, spec.edge_irreps),), dtype)
                 up = linear(feats, spec.node_feats_irreps, spec.edge_irreps, w_up)
@@ -388,7 +424,7 @@ class MACE(nn.Module):
             with jax.named_scope("mace/skip_tp"):
                 if not residual:
                     w_skip = self.param(f"{pre}.skip_tp", nn.initializers.normal(1.0), (skip_numel(spec.target_irreps, S, spec.skip_irreps_out),), dtype)
-                    msg = skip_tensor_product(msg, species, w_skip, spec.target_irreps, S, spec.skip_irreps_out)
+                    msg = skip_tensor_product(msg, species, w_skip, spec.target_irreps, S, spec.skip_irreps_out, present)
                     sc = None
             # product basis: reshape to (N, C, L) over the coupling irreps
             with jax.named_scope("mace/symmetric_contraction"):
@@ -441,6 +477,8 @@ class MACE(nn.Module):
         inter = sum(node_es)
         inter = scale[h] * inter + shift[h]
         node_energy = e0[h][species] + inter
+        if present is not None:  # a species outside the declared set: loud, never silently wrong
+            node_energy = jnp.where(present.known, node_energy, jnp.nan)
         node_energy = jnp.where(node_mask, node_energy, 0.0)
         return {"node_energy": node_energy, "descriptors": jnp.concatenate(layer_scalars, axis=-1)}
 
@@ -531,3 +569,12 @@ def param_groups(config: dict, params: dict) -> dict:
         "e0": "atomic_energies",
         "buffers": [k for k in ("atomic_energies", "scale", "shift") if k in names],
     }
+
+
+def restrict_species(module: MACE, species) -> MACE:
+    """``module`` specialised to the model species indices ``species`` (any iterable; the set is used)."""
+    idx = tuple(sorted({int(s) for s in np.asarray(species).reshape(-1)}))
+    S = len(module.atomic_numbers)
+    if not idx or idx[0] < 0 or idx[-1] >= S:
+        raise ValueError(f"species indices {idx} outside the model's {S} species")
+    return module.clone(present_species=idx)
