@@ -566,10 +566,13 @@ class SOAP:
         """Per-atom SOAP vectors ``(n_atoms, n_features)`` (frames stacked), host float64/32 numpy.
 
         When one device call covers all frames the result is a read-only view of its
-        output (no copy); ``np.array(x)`` gives a writable copy."""
+        output (no copy); ``np.array(x)`` gives a writable copy.  Device calls are
+        dispatched without waiting, so the host neighbour search of the next frames
+        runs while the device computes the previous ones."""
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
         consts = self.constants()
-        out = [self._run(consts, batch)[0] for batch in self._batches(frames)]
+        pending = [self._dispatch(consts, batch) for batch in self._batches(frames)]
+        out = [self._host(p)[0] for p in pending]
         if not out:
             return np.zeros((0, self.n_features), dtype=self.dtype)
         return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
@@ -578,12 +581,23 @@ class SOAP:
         return self.compute(atoms)
 
     def compute_iter(self, frames: Sequence[Atoms]):
-        """Yield one read-only host array ``(n_atoms_k, n_features)`` per frame, batching small frames per call."""
+        """Yield one read-only host array ``(n_atoms_k, n_features)`` per frame, batching small frames per call.
+
+        One call ahead is in flight while the previous one's frames are yielded."""
         consts = self.constants()
+        previous = None
         for batch in self._batches(frames):
-            out, offsets = self._run(consts, batch)
-            for k in range(len(batch)):
-                yield out[offsets[k] : offsets[k + 1]]
+            current = self._dispatch(consts, batch)
+            if previous is not None:
+                yield from self._frames(previous)
+            previous = current
+        if previous is not None:
+            yield from self._frames(previous)
+
+    def _frames(self, pending):
+        out, offsets = self._host(pending)
+        for k in range(len(offsets) - 1):
+            yield out[offsets[k] : offsets[k + 1]]
 
     def _batches(self, frames: Sequence[Atoms]):
         """Frames with their host edges, grouped into calls of at most ``max_edges_per_call`` edges."""
@@ -599,20 +613,27 @@ class SOAP:
         if batch:
             yield batch
 
-    def _run(self, consts, batch) -> tuple[np.ndarray, np.ndarray]:
-        """One device call: ``(features of all the batch's atoms, per-frame row offsets)``."""
+    def _dispatch(self, consts, batch):
+        """Start one device call (not waiting for it): ``(device result, per-frame row offsets)``."""
         sizes = [n for n, _ in batch]
         offsets = np.cumsum([0] + sizes)
         centers = np.concatenate([e[0] + o for (_, e), o in zip(batch, offsets)])
         species = np.concatenate([e[1] for _, e in batch])
         disp = np.concatenate([e[2] for _, e in batch])
-        n_nodes = int(offsets[-1])
-        first, dsp, mask = species_slot_layout(centers, species, disp, n_nodes, self.n_species, self.dtype)
+        first, dsp, mask = species_slot_layout(centers, species, disp, int(offsets[-1]), self.n_species, self.dtype)
         coefficients, power = _compiled_slot_stages(self.n_max, self.l_max)
         coeff = coefficients(consts, jnp.asarray(dsp), jnp.asarray(mask), jnp.asarray(first))
-        # one host view of the result (no copy on CPU), sliced per frame in numpy
-        out = np.asarray(power(consts, coeff))
-        return out[:n_nodes], offsets
+        return power(consts, coeff), offsets
+
+    @staticmethod
+    def _host(pending) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for a dispatched call: one host view of the result (no copy on CPU), padding rows dropped."""
+        result, offsets = pending
+        return np.asarray(result)[: int(offsets[-1])], offsets
+
+    def _run(self, consts, batch) -> tuple[np.ndarray, np.ndarray]:
+        """One device call, waited for: ``(features of all the batch's atoms, per-frame row offsets)``."""
+        return self._host(self._dispatch(consts, batch))
 
     def __repr__(self) -> str:
         return (
