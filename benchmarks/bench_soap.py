@@ -32,13 +32,21 @@ sys.path.insert(0, str(ROOT))
 
 def timed(fn, repeats):
     """(min wall, median wall, min process CPU) over ``repeats`` calls."""
-    walls, cpus = [], []
+    return timed_many([fn], repeats)[0]
+
+
+def timed_many(fns, repeats):
+    """:func:`timed` of several functions with their calls interleaved (a, b, a, b, ...), so that a
+    change of load on a shared machine hits all of them alike."""
+    walls = [[] for _ in fns]
+    cpus = [[] for _ in fns]
     for _ in range(repeats):
-        c, t = time.process_time(), time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    return float(np.min(walls)), float(np.median(walls)), float(np.min(cpus))
+        for k, fn in enumerate(fns):
+            c, t = time.process_time(), time.perf_counter()
+            fn()
+            walls[k].append(time.perf_counter() - t)
+            cpus[k].append(time.process_time() - c)
+    return [(float(np.min(w)), float(np.median(w)), float(np.min(c))) for w, c in zip(walls, cpus)]
 
 
 def peak_rss_gb() -> float:
@@ -94,6 +102,7 @@ def main(argv=None) -> int:
     settings = dict(r_cut=5.0, n_max=8, l_max=6, sigma=0.375, periodic=True)
     ds = DSOAP(species=species, **settings)
     js = SOAP(species, **settings)
+    js32 = SOAP(species, dtype="float32", **settings)
 
     with CompilationCounter() as cc:
         t = time.perf_counter()
@@ -106,19 +115,20 @@ def main(argv=None) -> int:
         t_first_batch = time.perf_counter() - t
     compile_batch = cc.seconds
     ds.create(frame)
+    x32 = js32.compute(frame)
+    js32.compute(batch)
 
     r = args.repeats
     with CompilationCounter() as steady:
-        ds1 = timed(lambda: ds.create(frame), r)
-        js1 = timed(lambda: js.compute(frame), r)
+        ds1, js1, js1_32 = timed_many([lambda: ds.create(frame), lambda: js.compute(frame), lambda: js32.compute(frame)], r)
         edges1 = timed(lambda: js.edges(frame), r)
         consts = js.constants()
         prepared = next(iter(js._batches([frame])))
         run1 = timed(lambda: js._run(consts, prepared), r)  # slots + device program + host view
         rb = max(2, r // 2)
         ds_list = timed(lambda: ds.create(batch), rb)
-        ds_loop = timed(lambda: [ds.create(a) for a in batch], rb)
-        jsb = timed(lambda: js.compute(batch), rb)
+        ds_loop, jsb, jsb32 = timed_many(
+            [lambda: [ds.create(a) for a in batch], lambda: js.compute(batch), lambda: js32.compute(batch)], rb)
     base = None
     if args.baseline_commit:
         old = load_baseline(args.baseline_commit).SOAP(species, **settings)
@@ -136,12 +146,15 @@ def main(argv=None) -> int:
     err = float(np.max(np.abs(x - ref)) / scale)
     refb = ds.create(batch).reshape(-1, x.shape[1])
     errb = float(np.max(np.abs(js.compute(batch) - refb)) / np.max(np.abs(refb)))
+    err32 = float(np.max(np.abs(x32 - ref)) / scale)
 
     load = os.getloadavg()[0]
     nb = len(batch)
     rows = [
         ["SOAP, 1 frame (197 atoms, 11172 features)", ds1[0], js1[0], ds1[0] / js1[0], ds1[1] / js1[1], ds1[2] / js1[2]],
         [f"SOAP, {nb} frames batched (dscribe: {which})", dsb[0], jsb[0], dsb[0] / jsb[0], dsb[1] / jsb[1], dsb[2] / jsb[2]],
+        ["SOAP float32, 1 frame", ds1[0], js1_32[0], ds1[0] / js1_32[0], ds1[1] / js1_32[1], ds1[2] / js1_32[2]],
+        [f"SOAP float32, {nb} frames batched", dsb[0], jsb32[0], dsb[0] / jsb32[0], dsb[1] / jsb32[1], dsb[2] / jsb32[2]],
         [f"dscribe create(list) of {nb} frames vs its loop", ds_list[0], ds_loop[0], "", "", ""],
         ["jaxuft host neighbour search, 1 frame", "", edges1[0], "", "", ""],
         ["jaxuft slots + device program + host view, 1 frame", "", run1[0], "", "", ""],
@@ -163,7 +176,8 @@ def main(argv=None) -> int:
         f"jaxuft by the minimum, the median and the process CPU time. Compilations during the steady timings: "
         f"{steady.count}. 1-min load average at the end {load:.1f} on {os.cpu_count()} cores; peak RSS of the run "
         f"{peak_rss_gb():.2f} GB; jaxuft's allocator settings (host_memory.tune) in effect for both: {tuned}."
-        f"\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch)."
+        f"\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch); float32: {err32:.2e} (1 frame). dscribe, jaxuft float64 and float32 calls "
+        f"interleaved."
     )
     header = ["step", "dscribe (s)", "jaxuft (s)", "speedup (min)", "speedup (median)", "speedup (CPU time)"]
     from benchmarks.results import record
