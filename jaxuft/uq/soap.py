@@ -290,13 +290,22 @@ def power_spectrum_from_coefficients(consts: dict, coefficients) -> jax.Array:
     """Features ``(B, n_features)`` in dscribe's order from :func:`species_slot_coefficients`' output (pure JAX).
 
     ``coefficients`` may also be a list of such outputs for consecutive chunks of centres."""
+    return dscribe_order(consts, power_blocks(consts, coefficients))
+
+
+def power_blocks(consts: dict, coefficients) -> jax.Array:
+    """``p_l[a, b] = prel_l sum_m c_{a,lm} c_{b,lm}`` for all ``l`` and species-radial pairs: ``(B, L, S n, S n)``."""
     if coefficients and isinstance(coefficients[0], (list, tuple)):
         coefficients = [jnp.concatenate(parts, axis=0) for parts in zip(*coefficients)]
     blocks = []
     for l, c in enumerate(coefficients):  # (B, 2l+1, S n): outer products over the contiguous S n axis
         p = sum(c[:, m, :, None] * c[:, m, None, :] for m in range(c.shape[1]))
         blocks.append(p * consts["prel"].astype(c.dtype)[l])
-    power = jnp.stack(blocks, axis=1)
+    return jnp.stack(blocks, axis=1)
+
+
+def dscribe_order(consts: dict, power: jax.Array) -> jax.Array:
+    """The features of :func:`power_blocks`' output in dscribe's order: ``(B, n_features)``."""
     return power.reshape(power.shape[0], -1)[:, consts["feat_flat"]]
 
 
@@ -304,8 +313,9 @@ def soap_from_species_slots(consts: dict, disp: jax.Array, mask: jax.Array, firs
                             l_max: int) -> jax.Array:
     """The SOAP power spectrum ``(B, n_features)`` from species slots (pure JAX; see :func:`species_slot_layout`).
 
-    :meth:`SOAP.compute` runs the two halves as two compiled programs: in one program XLA:CPU
-    fuses the outer products into the final gather and loses the vectorisation (3x slower)."""
+    :meth:`SOAP.compute` runs the three steps (coefficients, power blocks, order) as separate
+    compiled programs: in one program XLA:CPU fuses the outer products into the final gather
+    and loses their vectorisation."""
     return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, first, n_max, l_max))
 
 
@@ -323,7 +333,8 @@ def _centre_chunks(n_centres: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _compiled_slot_stages(n_max: int, l_max: int):
     coeff = jax.jit(functools.partial(species_slot_coefficients, n_max=n_max, l_max=l_max))
-    return coeff, jax.jit(power_spectrum_from_coefficients)
+    power, order = jax.jit(power_blocks), jax.jit(dscribe_order)
+    return coeff, lambda consts, coefficients: order(consts, power(consts, coefficients))
 
 
 #: up to this many atoms the host pair search is a vectorised all-pairs scan over images
