@@ -214,7 +214,7 @@ def soap_from_edges(
 # dscribe's order.
 
 #: neighbour slots per step of the density loop (each species' range is padded to a multiple of it)
-_SLOT_STEP = 4
+_SLOT_STEP = 2
 
 
 def species_slot_layout(centers, species, displacements, n_centers: int, n_species: int, dtype=np.float64,
