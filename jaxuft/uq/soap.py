@@ -396,6 +396,8 @@ def _pairs_dense(pos, cell, pbc, cutoff, species=None):
     keep = np.einsum("ek,ek->e", dd, dd) <= cutoff * cutoff  # the exact test (distance <= cutoff, like dscribe)
     ii, jj, dd = ii[keep], src[pp[keep]], dd[keep]
     key = ii * (n if species is None else int(species.max()) + 1) + (jj if species is None else species[jj])
+    if key.size and key.max() < 1 << 16:
+        key = key.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit integers: O(E)
     order = np.argsort(key, kind="stable")
     return ii[order], jj[order], dd[order]
 
