@@ -7,7 +7,7 @@ the first of ``chclca/test/independent.xyz``.  Times are medians of ``--repeats`
 warm calls (jaxuft's first call, with compilation, is reported separately).
 
     python benchmarks/bench_qres.py [--data ../shared/paper-data] [--train-frames 5] [--repeats 5] [--no-append]
-    python benchmarks/bench_qres.py --monitor [--model sevennet-0] [--steps 20] [--no-append]
+    python benchmarks/bench_qres.py --monitor [--model sevennet-0] [--steps 20] [--rounds 2] [--only model] [--no-append]
 
     python benchmarks/bench_qres.py --memory [--example-args "--no-model"] [--no-append]
 
@@ -16,10 +16,11 @@ warm calls (jaxuft's first call, with compilation, is reported separately).
 its own process, one after the other, with the commit they ran at.
 
 ``--monitor``: the cost of the live Q monitor inside MD (``jaxuft.uq.build_monitor``) on the
-paper frame, as a fraction of an MD step: with the model's own descriptors and with SOAP.
-Measured two ways in one run: the monitor program alone against the step's energy+forces
-program on the same graph, and MD segments with and without the monitor (recording, hence
-evaluating it, every step and every 10th step).  The model's graph must hold SOAP's whole
+paper frame, as a fraction of an MD step: with the model's own descriptors (taken from the
+step's force evaluation, and, for the A/B, computed by a second forward pass as before) and
+with SOAP.  Measured two ways in one run: the monitor program alone against the step's
+energy+forces program on the same graph, and MD segments with and without the monitor
+(recording, hence evaluating it, every step and every 10th step), timed in interleaved rounds.  The model's graph must hold SOAP's whole
 neighbourhood (``r_cut`` + padding), so SOAP here uses the largest ``r_cut`` the model's
 cutoff allows (n_max 8, l_max 6, sigma 0.375, the 7 species).
 
@@ -88,50 +89,84 @@ def monitor_cost(args) -> int:
     sigma = 0.375
     r_cut = float(np.floor((pot.cutoff - sigma * np.sqrt(-2.0 * np.log(_THRESHOLD))) * 10) / 10)
     soap = SOAP(species, r_cut, 8, 6, sigma, periodic=True, dtype=args.dtype)
+    model_mon = build_monitor(pot, PCA(5, dtype=args.dtype).fit(pot.descriptors(train)), None)
+    # name: (monitor, observables_descriptors): the model monitor with its own forward pass (the path before
+    # the engine handed it the force pass's descriptors) and with the force pass's descriptors (the default)
     monitors = {
-        "model descriptors": build_monitor(pot, PCA(5, dtype=args.dtype).fit(pot.descriptors(train)), None),
-        f"SOAP (r_cut {r_cut:g})": build_monitor(
+        "model descriptors, own forward pass": (model_mon, False),
+        "model descriptors, from the force pass": (model_mon, None),
+        f"SOAP (r_cut {r_cut:g})": (build_monitor(
             pot, PCA(5, dtype=args.dtype).fit(soap.compute(train)), None,
-            descriptor_fn=graph_descriptor_fn(soap, pot.atomic_numbers, pot.cutoff)),
+            descriptor_fn=graph_descriptor_fn(soap, pot.atomic_numbers, pot.cutoff)), None),
     }
+    if args.only:
+        monitors = {k: v for k, v in monitors.items() if args.only in k}
     graph = pot.graph(frame)
     efs = pot.compiled("efs")
     t_efs = _min_time(lambda: efs(pot.params, graph), args.repeats)
+    desc = jax.jit(pot.node_descriptors)(pot.params, graph)
 
     safety = md.Safety(max_temperature=1e9, min_distance=0.0)
     steps = args.steps
 
-    def md_ms(observables=None, extra=None, record_every=1):
+    def md_run(observables=None, extra=None, record_every=1, reuse=None):
+        """A compiled MD run of ``steps`` steps (compiled and run once here); returns the timed call."""
         sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety,
-                            observables=observables)
+                            observables=observables, observables_descriptors=reuse)
         start = sim.init(frame, replicas=1, seed=0)
         sim.run(start, n_steps=steps, record_every=record_every, extra=extra, progress=False)  # compile
-        best = np.inf
-        for _ in range(2):
-            t = time.perf_counter()
-            sim.run(start, n_steps=steps, record_every=record_every, extra=extra, progress=False)
-            best = min(best, time.perf_counter() - t)
-        return 1e3 * best / steps
+        return lambda: sim.run(start, n_steps=steps, record_every=record_every, extra=extra, progress=False)
 
-    base = {k: md_ms(record_every=k) for k in (1, 10)}
-    rows = [["MD step, no monitor (record every 1 / 10)", f"{base[1]:.1f} / {base[10]:.1f}", "", "", ""],
+    runs = {("none", k): md_run(record_every=k) for k in (1, 10)}
+    for name, (mon, reuse) in monitors.items():
+        for k in (1, 10):
+            runs[(name, k)] = md_run(mon.fn, mon.extra_args, k, reuse)
+    # interleaved: every round times each configuration once, starting one later each round (the load drifts
+    # between rounds more than within one); the energy+forces call is timed in every round too
+    runs[("efs", 0)] = lambda: jax.block_until_ready(efs(pot.params, graph))
+    best = {key: np.inf for key in runs}
+    keys = list(runs)
+    for i in range(args.rounds):
+        for key in keys[i % len(keys):] + keys[: i % len(keys)]:
+            t = time.perf_counter()
+            runs[key]()
+            best[key] = min(best[key], time.perf_counter() - t)
+    t_efs = min(t_efs, best.pop(("efs", 0)))
+    ms = {key: 1e3 * v / steps for key, v in best.items()}
+    rows = [["MD step, no monitor (record every 1 / 10)", f"{ms[('none', 1)]:.1f} / {ms[('none', 10)]:.1f}", "", "",
+             ""],
             ["energy+forces alone (same graph)", f"{1e3 * t_efs:.1f}", "", "", ""]]
-    for name, mon in monitors.items():
+    for name, (mon, reuse) in monitors.items():
         fn = jax.jit(mon.fn)
-        t_mon = _min_time(lambda: fn(pot.params, graph, mon.extra_args), args.repeats)
-        with_mon = {k: md_ms(mon.fn, mon.extra_args, k) for k in (1, 10)}
+        if reuse is None and mon.fn.model_descriptors is not None:  # what the engine runs: Q from given descriptors
+            t_mon = _min_time(lambda: fn(pot.params, graph, mon.extra_args, descriptors=desc), args.repeats)
+        else:
+            t_mon = _min_time(lambda: fn(pot.params, graph, mon.extra_args), args.repeats)
         rows.append([f"monitor, {name}", f"{1e3 * t_mon:.1f}", f"{100 * t_mon / t_efs:.1f}",
-                     f"{100 * (with_mon[1] / base[1] - 1):.1f}", f"{100 * (with_mon[10] / base[10] - 1):.1f}"])
-    load = os.getloadavg()[0]
+                     f"{100 * (ms[(name, 1)] / ms[('none', 1)] - 1):.1f}",
+                     f"{100 * (ms[(name, 10)] / ms[('none', 10)] - 1):.1f}"])
+    load = os.getloadavg()
+    ab = ""
+    own, mine = "model descriptors, own forward pass", "model descriptors, from the force pass"
+    if own in monitors and mine in monitors:
+        ab = (f" A/B of the model monitor, same run: the force-pass descriptors take "
+              f"{100 * (ms[(own, 1)] - ms[(mine, 1)]) / ms[('none', 1)]:.1f} % of a step off the MD step with the "
+              f"monitor every step ({ms[(own, 1)]:.1f} -> {ms[(mine, 1)]:.1f} ms/step) and "
+              f"{100 * (ms[(own, 10)] - ms[(mine, 10)]) / ms[('none', 10)]:.1f} % every 10th step "
+              f"({ms[(own, 10)]:.1f} -> {ms[(mine, 10)]:.1f} ms/step).")
     notes = (
         f"{args.model} ({args.dtype}, cutoff {pot.cutoff:g} Å) on the paper frame chclca/test/independent.xyz[0] "
         f"(197 atoms), 1 replica, Langevin 0.5 fs; PCA 5 components on {args.train_frames} N-50 frames. "
-        f"Columns: ms per call of the monitor program alone (min of {args.repeats}); that as % of an energy+forces "
-        f"call on the same graph; the increase of the MD step time (min of 2 runs of {steps} steps after a "
-        f"compiling run) with the monitor evaluated every step, and every 10th step. SOAP: r_cut {r_cut:g} Å "
+        f"Columns: ms per call of the monitor program alone (min of {args.repeats}; with descriptors from the force "
+        f"pass: Q from given descriptors, what the engine runs then); that as % of an energy+forces "
+        f"call on the same graph; the increase of the MD step time (min over {args.rounds} interleaved rounds of "
+        f"{steps} steps, each configuration timed once per round, after a compiling run) with the monitor "
+        f"evaluated every step, and every 10th step. 'own forward pass': the monitor runs the model again at every "
+        f"recorded frame (Simulation(observables_descriptors=False), the only path before); 'from the force pass': "
+        f"the engine hands it the descriptors of the step's force evaluation. SOAP: r_cut {r_cut:g} Å "
         f"(+ {soap.cutoff_padding:.2f} Å padding <= the model's cutoff), n_max 8, l_max 6, sigma {sigma}, 7 species "
-        f"({soap.n_features} features). 1-min load average at the end {load:.1f} on {os.cpu_count()} cores; "
-        f"peak RSS of the run {_peak_rss_gb():.2f} GB."
+        f"({soap.n_features} features). Load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
+        f"{os.cpu_count()} cores; peak RSS of the run {_peak_rss_gb():.2f} GB." + ab
     )
     header = ["what", "ms", "% of energy+forces", "% more per MD step (monitor every step)",
               "% more per MD step (every 10th step)"]
@@ -214,9 +249,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="sevennet-0", help="--monitor: the MD model (name or path)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="--monitor: MD dtype")
     ap.add_argument("--steps", type=int, default=20, help="--monitor: steps per timed MD segment")
+    ap.add_argument("--rounds", type=int, default=2, help="--monitor: interleaved timing rounds (min taken)")
     ap.add_argument("--memory", action="store_true", help="peak RSS of `jaxuft qres fit` on FT5 and of the example")
     ap.add_argument("--example-args", default="", help="--memory: extra arguments for examples/paper_qresidual.py")
-    ap.add_argument("--only", default=None, help="--memory: run only the command whose name contains this")
+    ap.add_argument("--only", default=None, help="--memory: run only the command whose name contains this; "
+                    "--monitor: only the monitors whose name contains this")
     args = ap.parse_args(argv)
     if args.monitor:
         return monitor_cost(args)

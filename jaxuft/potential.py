@@ -77,25 +77,28 @@ def node_outputs(module, params, graph: Graph, positions=None, cell=None) -> dic
     )
 
 
-def _energy_and_aux(module, params, graph: Graph, positions, strain):
+def _energy_and_aux(module, params, graph: Graph, positions, strain, descriptors=False):
     sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))  # (G, 3, 3)
     pos = positions + jnp.einsum("ni,nij->nj", positions, sym[graph.node_graph])
     cell = graph.cell + jnp.einsum("gij,gjk->gik", graph.cell, sym)
     out = node_outputs(module, params, graph, pos, cell)
     node_energy = jnp.where(graph.node_mask, out["node_energy"], 0.0)
     energy = graph_sum(node_energy, graph)
-    return jnp.sum(energy), (energy, node_energy)
+    return jnp.sum(energy), (energy, node_energy) + ((out["descriptors"],) if descriptors else ())
 
 
-def energy_forces_stress(module, params, graph: Graph) -> dict:
+def energy_forces_stress(module, params, graph: Graph, descriptors: bool = False) -> dict:
     """Energy, forces and stress of every graph in ``graph`` (pure, differentiable).
 
     Returns ``energy (n_graphs,)`` eV, ``forces (n_nodes, 3)`` eV/Å (zero on padding),
     ``stress (n_graphs, 3, 3)`` eV/Å³ (ASE sign; zero for non-periodic graphs) and
-    ``node_energy (n_nodes,)`` eV."""
+    ``node_energy (n_nodes,)`` eV; with ``descriptors=True`` also the invariant
+    ``descriptors (n_nodes, n_features)`` of the same forward pass (:func:`node_descriptors`
+    at the same positions, no second model evaluation)."""
     strain = jnp.zeros_like(graph.cell)
-    grad_fn = jax.grad(functools.partial(_energy_and_aux, module), argnums=(2, 3), has_aux=True)
-    (d_pos, d_strain), (energy, node_energy) = grad_fn(params, graph, graph.positions, strain)
+    grad_fn = jax.grad(functools.partial(_energy_and_aux, module, descriptors=descriptors), argnums=(2, 3),
+                       has_aux=True)
+    (d_pos, d_strain), (energy, node_energy, *desc) = grad_fn(params, graph, graph.positions, strain)
     volume = jnp.abs(jnp.linalg.det(graph.cell))
     safe_volume = jnp.where(volume > 0, volume, 1.0)
     stress = jnp.where((volume > 0)[:, None, None], d_strain / safe_volume[:, None, None], 0.0)
@@ -104,6 +107,7 @@ def energy_forces_stress(module, params, graph: Graph) -> dict:
         "forces": jnp.where(graph.node_mask[:, None], -d_pos, 0.0),
         "stress": stress,
         "node_energy": node_energy,
+        **({"descriptors": desc[0]} if descriptors else {}),
     }
 
 

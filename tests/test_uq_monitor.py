@@ -167,3 +167,86 @@ def test_soap_monitor_from_graph_edges():
         np.testing.assert_allclose(np.asarray(obs["q"][: len(a)]), pca.q_residual(soap.compute(a)), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="graph's edges only reach"):
         graph_descriptor_fn(SOAP(["O"], 5.0, 2, 2, 0.5), pot.atomic_numbers, 5.0)
+
+
+def _small_model(kind):
+    """float64 models of the shapes the monitor is used with: a tiny MACE, a two-layer SevenNet-shaped model."""
+    if kind == "mace":
+        from jaxuft.bench.models import tiny_mace
+
+        return tiny_mace("float64", atomic_numbers=(1, 8))
+    from test_sevennet import SMALL, _random_params
+
+    config = dict(SMALL, atomic_numbers=[1, 8], node_irreps=["4x0e", "4x0e+2x1o", "4x0e"], lmax_sh=1,
+                  radial_hidden=[8], denominators=[7.0, 8.0])
+    return Potential(config, _random_params(config, seed=3), dtype="float64")
+
+
+@pytest.mark.parametrize("kind", ["mace", "sevennet"])
+def test_monitor_reuses_the_force_pass_descriptors(kind, tmp_path):
+    """A model-descriptor monitor takes the descriptors of the MD step's own force evaluation (no second
+    forward pass): same Q as the monitor's own pass to float64 round-off, while recording, stopping,
+    on stopped replicas, after a restore and with a new PCA, and no recompilation."""
+    md = _md()
+    from jaxuft.md.compilation import CompilationCounter
+    from jaxuft.md.state import STOP_OBSERVABLE
+
+    pot = _small_model(kind)
+    rng = np.random.default_rng(7)
+    train = [water_cluster(rng) for _ in range(6)]
+    X = pot.descriptors(train)
+    pca = PCA(3).fit(X)
+    mon = build_monitor(pot, pca, None)  # record only: never flags
+    assert mon.fn.model_descriptors == pot.module
+    ens = md.Langevin(timestep=0.5, temperature=300.0, friction=0.02)
+    start = train[1]
+    runs = {}
+    for reuse in (True, False):
+        kw = {} if reuse else {"observables_descriptors": False}  # default: reuse (the hook names this model)
+        sim = md.Simulation(pot, ens, **kw, **mon.simulation_kwargs(stop=True))
+        state = sim.init(start, replicas=2, seed=3)
+        assert sim.program(1, 1).observables_descriptors is reuse
+        state, t1 = sim.run(state, pot.params, n_steps=6, record_every=2, extra=mon.extra_args, progress=False)
+        sim.save(state, tmp_path / f"{reuse}.npz")
+        tight = mon.with_pca(PCA(3).fit(X * 0.9), {"H": 1e-12, "O": 1e-12})
+        with CompilationCounter() as cc:  # a new PCA and limits: the same compiled program
+            stopped, t2 = sim.run(state, pot.params, n_steps=6, record_every=2, extra=tight.extra_args, progress=False)
+            _, t3 = sim.run(stopped, pot.params, n_steps=6, record_every=2, extra=mon.extra_args, progress=False)
+        assert cc.count == 0, cc.names
+        assert np.all(np.asarray(stopped.status) == STOP_OBSERVABLE)
+        sim2, restored = md.Simulation.restore(tmp_path / f"{reuse}.npz", pot, **mon.simulation_kwargs(stop=True),
+                                               **kw)
+        with CompilationCounter() as cc:
+            _, t4 = sim2.run(restored, pot.params, n_steps=6, record_every=2, extra=mon.extra_args, progress=False)
+        assert cc.count == 0, cc.names
+        runs[reuse] = (t1, t2, t3, t4)
+    for new, old in zip(runs[True], runs[False]):
+        np.testing.assert_array_equal(new.data["positions"], old.data["positions"])
+        q_new, q_old = np.asarray(new.observables["q"]), np.asarray(old.observables["q"])
+        assert q_old.max() > 0
+        np.testing.assert_allclose(q_new, q_old, rtol=1e-10, atol=1e-13 * q_old.max())
+        np.testing.assert_array_equal(new.observables["q_flag"], old.observables["q_flag"])
+    # the live Q (on every recorded frame, stopped replicas included) is the offline Q of that frame
+    t3 = runs[True][2]
+    b = Atoms(start.get_chemical_symbols(), positions=t3.data["positions"][1, -1])
+    np.testing.assert_allclose(t3.observables["q"][1, -1], pca.q_residual(pot.descriptors(b)), rtol=1e-8,
+                               atol=1e-12)
+
+
+def test_monitor_reuses_descriptors_in_a_mixed_batch():
+    """Mixed batch (two systems of different sizes): the reused descriptors give the monitor's own Q."""
+    md = _md()
+    pot = _small_model("mace")
+    rng = np.random.default_rng(8)
+    systems = [water_cluster(rng, n_mol=3), water_cluster(rng, n_mol=4)]
+    pca = PCA(3).fit(pot.descriptors([water_cluster(rng) for _ in range(4)]))
+    mon = build_monitor(pot, pca, None)
+    q = {}
+    for reuse in (True, False):
+        sim = md.Simulation(pot, md.Langevin(timestep=0.5, temperature=300.0, friction=0.02),
+                            observables_descriptors=reuse, **mon.simulation_kwargs())
+        state = sim.init(systems, seed=[1, 2])
+        _, traj = sim.run(state, pot.params, n_steps=4, record_every=2, extra=mon.extra_args, progress=False)
+        q[reuse] = np.asarray(traj.observables["q"])
+    assert q[False].max() > 0 and np.all(q[False][0, :, 9:] == 0)  # the padding atoms of the smaller system
+    np.testing.assert_allclose(q[True], q[False], rtol=1e-10, atol=1e-13 * q[False].max())

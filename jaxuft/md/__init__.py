@@ -24,8 +24,9 @@ Design (see the module docstrings for details):
   (the driver) -- :class:`Simulation`: replicas advance together under ``vmap``
   in ``lax.scan`` chunks; forces are refreshed with the segment's params at its start; on
   overflow the capacities grow and the chunk is rerun from its start state; safety stops
-  per replica; an observables hook (``fn(params, graph, extra)``) and a stop predicate run
-  inside the compiled scan; replicas are sharded over devices.  Params, temperatures,
+  per replica; an observables hook (``fn(params, graph, extra)``; with
+  ``observables_descriptors`` also ``descriptors=``, the model's descriptors of the step's own
+  force evaluation) and a stop predicate run inside the compiled scan; replicas are sharded over devices.  Params, temperatures,
   pressures, limits and ``extra`` are runtime arguments: changing them compiles nothing.
   Compiled segments are shared between Simulation objects with equal static settings
   (define hook functions once: their identity is part of the compiled program).

@@ -31,6 +31,9 @@ class ForceOutput(NamedTuple):
     stress:       (3, 3) eV/Å³, ASE sign (``(1/V) dE/dε``; potential part only, zero if not periodic)
     min_distance: () Å, shortest pair in the neighbour list
     model_count:  () int32, pairs within the cutoff (to check the model capacity)
+    descriptors:  (n_atoms + 1, n_features) the model's invariant per-node descriptors of this
+                  force evaluation (padding node last), or None unless the ForceField was built
+                  with ``descriptors=True``
     """
 
     energy: jax.Array
@@ -38,6 +41,7 @@ class ForceOutput(NamedTuple):
     stress: jax.Array
     min_distance: jax.Array
     model_count: jax.Array
+    descriptors: jax.Array | None = None
 
 
 def replica_graph(species, positions, cell, edges: nl.ModelEdges, spec: nl.NeighborSpec, atom_mask=None) -> Graph:
@@ -79,12 +83,14 @@ class ForceField:
 
     ``ForceField(potential, spec)(params, species, positions, cell, nbrs)`` ->
     :class:`ForceOutput`.  ``spec`` fixes the compiled shapes (capacities, images).
-    ``potential`` may be a :class:`~jaxuft.potential.Potential` or its Flax ``module``.
+    ``potential`` may be a :class:`~jaxuft.potential.Potential` or its Flax ``module``;
+    ``descriptors=True`` also returns the model's per-node descriptors of the same forward pass.
     """
 
-    def __init__(self, potential, spec: nl.NeighborSpec):
+    def __init__(self, potential, spec: nl.NeighborSpec, descriptors: bool = False):
         self.module = getattr(potential, "module", potential)
         self.spec = spec
+        self.descriptors = bool(descriptors)
 
     def graph(self, species, positions, cell, nbrs: nl.NeighborList, atom_mask=None) -> Graph:
         edges = nl.model_edges(positions, cell, nbrs, self.spec)
@@ -93,7 +99,7 @@ class ForceField:
     def __call__(self, params, species, positions, cell, nbrs: nl.NeighborList, atom_mask=None) -> ForceOutput:
         edges = nl.model_edges(positions, cell, nbrs, self.spec)
         graph = replica_graph(species, positions, cell, edges, self.spec, atom_mask)
-        out = energy_forces_stress_fn(self.module, params, graph)
+        out = energy_forces_stress_fn(self.module, params, graph, descriptors=self.descriptors)
         n = positions.shape[0]
         return ForceOutput(
             energy=out["energy"][0],
@@ -101,6 +107,7 @@ class ForceField:
             stress=out["stress"][0],
             min_distance=edges.min_distance,
             model_count=edges.count,
+            descriptors=out.get("descriptors"),
         )
 
 

@@ -94,10 +94,12 @@ class Program(NamedTuple):
     remat: bool = False
     replica_batch: int = 0  # most replicas vmapped together (0: all); groups run one after another
     ticks: bool = False  # report progress to the host inside the scan (limits["tick_every"], ["tick_token"])
+    # hand the observables hook the model's descriptors of the last force evaluation (``descriptors=``)
+    observables_descriptors: bool = False
 
 
 def _force_fn(program: Program, params, system: System, axis_name=AXIS):
-    field = ForceField(program.module, program.spec)
+    field = ForceField(program.module, program.spec, descriptors=program.observables_descriptors)
     spec = program.spec
     mask = system.atom_mask
 
@@ -157,6 +159,11 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
     brought up to date); the first iteration of later records is skipped.  So forces are
     always consistent with the params of the segment, restarts and reruns are exact,
     and the model appears once in the compiled program.
+
+    With ``program.observables_descriptors`` the scan also carries the model's per-node
+    descriptors of the force evaluation that produced the current state (the refresh's or the
+    last accepted step's) and hands them to the observables hook (``descriptors=``), which
+    then needs no forward pass of its own.
     """
     spec = program.spec
     force_fn = _force_fn(program, params, system)
@@ -166,7 +173,7 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
     full_pbc = all(spec.pbc)
     mask_kw = {} if system.atom_mask is None else {"atom_mask": system.atom_mask}
 
-    def advance(state, diag, refresh):
+    def advance(state, diag, desc, refresh):
         c = dict(cond, dt=jnp.where(refresh, jnp.zeros_like(cond["dt"]), cond["dt"]))
         _, apply_fn = integrator_for(program.ensemble, force_fn, system.masses, c, **mask_kw)
         running = state.status == RUNNING
@@ -193,18 +200,22 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
             stop_value=jnp.where(stop_now, value.astype(state.stop_value.dtype), state.stop_value),
         )
         rebuilt = jnp.any(new.neighbors.reference_positions != state.neighbors.reference_positions)
-        return kept, _diag_from(diag, running, new.neighbors, out, rebuilt)
+        if desc is not None:  # the descriptors of the kept positions (a refresh does not move the atoms)
+            desc = jnp.where(accept | refresh, out.descriptors, desc)
+        return kept, _diag_from(diag, running, new.neighbors, out, rebuilt), desc
 
     if program.remat:
         advance = jax.checkpoint(advance)
 
     def record(carry, k):
         def step(carry, j):
-            state, diag = carry
+            state, diag, desc = carry
             refresh = (k == 0) & (j == 0)
             skip = (k > 0) & (j == 0)
             any_running = jax.lax.psum((state.status == RUNNING).astype(jnp.int32), AXIS) > 0
-            carry = jax.lax.cond(any_running & ~skip, lambda: advance(state, diag, refresh), lambda: (state, diag))
+            # with descriptors the refresh also runs when no replica runs: stopped replicas get theirs too
+            go = (any_running | refresh) if program.observables_descriptors else any_running
+            carry = jax.lax.cond(go & ~skip, lambda: advance(state, diag, desc, refresh), lambda: (state, diag, desc))
             if program.ticks:  # unbatched predicate: a real branch, taken every tick_every steps
                 done = k * program.record_every + j
                 jax.lax.cond((j > 0) & (done % limits["tick_every"] == 0),
@@ -212,12 +223,13 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
             return carry, None
 
         carry, _ = jax.lax.scan(step, carry, jnp.arange(program.record_every + 1))
-        state, diag = carry
+        state, diag, desc = carry
         obs = {}
         if program.observables is not None:
             graph = ForceField(program.module, spec).graph(system.species, state.positions, state.cell, state.neighbors,
                                                            **mask_kw)
-            obs = dict(program.observables(params, graph, extra))
+            desc_kw = {} if desc is None else {"descriptors": desc}
+            obs = dict(program.observables(params, graph, extra, **desc_kw))
             # per-atom observables lose the padding atom
             obs = {k: (v[:n] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n + 1 else v) for k, v in obs.items()}
             if program.stop_if is not None:
@@ -227,9 +239,14 @@ def _replica_segment(program: Program, params, system: System, state: MDState, c
                     status=jnp.where(stop_now, STOP_OBSERVABLE, state.status).astype(jnp.int32),
                     stop_value=jnp.where(stop_now, jnp.nan, state.stop_value).astype(state.stop_value.dtype),
                 )
-        return (state, diag), (_frame(state, system.masses, full_pbc, n_real), obs)
+        return (state, diag, desc), (_frame(state, system.masses, full_pbc, n_real), obs)
 
-    (state, diag), (frames, obs) = jax.lax.scan(record, (state, _zero_diag()), jnp.arange(program.n_records))
+    desc0 = None
+    if program.observables_descriptors:  # zeros until the refresh fills them in (shape only: nothing runs)
+        shape = jax.eval_shape(lambda: force_fn(state.positions, state.cell, state.neighbors)[0].descriptors)
+        desc0 = jnp.zeros(shape.shape, shape.dtype)
+    (state, diag, _), (frames, obs) = jax.lax.scan(record, (state, _zero_diag(), desc0),
+                                                   jnp.arange(program.n_records))
     return state, frames, obs, diag
 
 

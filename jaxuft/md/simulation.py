@@ -117,6 +117,12 @@ class Simulation:
                  to ``n_atoms`` when recorded); ``extra``: any pytree of arrays passed to
                  :meth:`run`, shared by all replicas; changing its values compiles nothing)
     stop_if:     ``fn(observations, extra) -> bool``: stops a replica at a recorded frame
+    observables_descriptors: also hand the hook the model's per-node descriptors of the force
+                 evaluation at the recorded positions, ``fn(params, graph, extra, descriptors=
+                 (n_atoms + 1, n_features))``, so that a hook built on the model's own descriptors
+                 (the Q-residual monitor of :func:`jaxuft.uq.build_monitor`) needs no second forward
+                 pass.  ``None`` (default): when the hook says it uses this potential's descriptors
+                 (its attribute ``model_descriptors`` is ``potential.module``); costs nothing otherwise
     chunk_steps: most steps per compiled chunk (progress and overflow checks between chunks)
     remat:       rematerialise each step under differentiation (``jax.checkpoint``)
     shard:       shard the replica axis over ``jax.devices()`` when there are several
@@ -143,6 +149,7 @@ class Simulation:
         safety: Safety | None = None,
         observables: Callable | None = None,
         stop_if: Callable | None = None,
+        observables_descriptors: bool | None = None,
         chunk_steps: int = 1000,
         remat: bool = False,
         shard: bool = True,
@@ -166,6 +173,7 @@ class Simulation:
         self.safety = safety or Safety()
         self.observables = observables
         self.stop_if = stop_if
+        self.observables_descriptors = observables_descriptors
         self.chunk_steps = int(chunk_steps)
         self.remat = bool(remat)
         self.shard = bool(shard)
@@ -209,6 +217,7 @@ class Simulation:
             remat=self.remat,
             replica_batch=self._replica_batch(spec or self.spec),
             ticks=bool(ticks),
+            observables_descriptors=self._hook_takes_descriptors(),
         )
 
     def model_module(self):
@@ -222,6 +231,14 @@ class Simulation:
         z = np.asarray(self.numbers).reshape(-1)
         z = z[z > 0]  # a mixed batch pads with 0
         return restrict_species(self.potential.module, self.potential.species_map(z))
+
+    def _hook_takes_descriptors(self) -> bool:
+        if self.observables is None:
+            return False
+        if self.observables_descriptors is not None:
+            return bool(self.observables_descriptors)
+        own = getattr(self.observables, "model_descriptors", None)
+        return own is not None and own == self.potential.module
 
     def _replica_batch(self, spec) -> int:
         if self.replica_batch is not None:

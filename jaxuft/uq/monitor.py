@@ -20,6 +20,11 @@ With :class:`jaxuft.md.Simulation`::
     state, traj = sim.run(state, params, n_steps, record_every, extra=mon.extra_args)
     traj.observables["q"]          # (replicas, frames, n_atoms): the engine drops the padding atom
 
+A monitor on the model's own descriptors takes them as ``fn(..., descriptors=)`` (its
+``fn.model_descriptors`` names the model): inside MD with the same potential, the engine
+hands it the descriptors of the force evaluation at the recorded positions, so the monitor
+runs no forward pass of its own (the same Q; SOAP monitors still compute from the graph).
+
 Monitors built for the same model architecture share one ``fn`` object, and
 :meth:`QResidualMonitor.with_pca` swaps only the arrays, so a refitted PCA or new
 limits run in the already compiled MD program.
@@ -40,13 +45,14 @@ from .limits import ElementLimits
 from .pca import PCA, PCAState, q_residual_fn
 
 
-def monitor_observables(descriptor_fn: Callable, params, graph: Graph, extra_args: dict) -> dict:
+def monitor_observables(descriptor_fn: Callable, params, graph: Graph, extra_args: dict, descriptors=None) -> dict:
     """The monitor's observables for one padded graph (pure; see the module docstring).
 
     ``descriptor_fn(params, graph) -> (n_nodes, n_features)``;
-    ``extra_args = {"pca": PCAState, "limits": (n_species,)}`` (``inf``: never flag).
+    ``extra_args = {"pca": PCAState, "limits": (n_species,)}`` (``inf``: never flag);
+    ``descriptors (n_nodes, n_features)``: already computed ones (``descriptor_fn`` is then not called).
     """
-    desc = descriptor_fn(params, graph)
+    desc = descriptor_fn(params, graph) if descriptors is None else descriptors
     state: PCAState = extra_args["pca"]
     limits = extra_args["limits"]
     state = jax.tree_util.tree_map(lambda a: a.astype(desc.dtype), state)
@@ -75,6 +81,7 @@ def _module_descriptor_fn(module) -> Callable:
     def fn(params, graph):
         return node_descriptors(module, params, graph)
 
+    fn.model_module = module
     return fn
 
 
@@ -89,9 +96,11 @@ def model_descriptor_fn(potential) -> Callable:
 
 @functools.lru_cache(maxsize=None)
 def _observables_fn(descriptor_fn: Callable) -> Callable:
-    def fn(params, graph, extra_args):
-        return monitor_observables(descriptor_fn, params, graph, extra_args)
+    def fn(params, graph, extra_args, descriptors=None):
+        return monitor_observables(descriptor_fn, params, graph, extra_args, descriptors)
 
+    # the MD engine passes the force pass's descriptors when its potential has this module
+    fn.model_descriptors = getattr(descriptor_fn, "model_module", None)
     return fn
 
 
