@@ -88,6 +88,8 @@ def test_mace_parity_present_species(reference, tmp_path):
     from jaxuft.models import restrict_species
 
     preset, model, frames, ref = reference
+    if preset != "mp0b-small":  # the specialisation does not depend on the model size: checked once (CI time)
+        pytest.skip("present-species parity is checked on mp0b-small, the paper's model")
     pot = jaxuft.load(jaxuft.convert(model, tmp_path / "converted"), dtype="float64")
     graph = pot.graph(frames)
     numbers = np.concatenate([a.get_atomic_numbers() for a in frames])
