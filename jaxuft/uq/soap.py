@@ -430,9 +430,10 @@ class SOAP:
     (faster on accelerators; the orthonormalised basis is ill-conditioned for large
     ``n_max``, so expect ~1e-4 relative differences).
 
-    ``compute`` builds neighbour slots on the host (numpy all-pairs over periodic
-    images up to 2000 atoms, ASE's neighbour list above), groups frames into calls of
-    at most ``max_edges_per_call`` neighbour pairs, and runs two jitted programs per
+    ``compute`` finds neighbours on the host (a scipy k-d tree over the periodic images up
+    to 2000 atoms, ASE's neighbour list above), groups frames into calls of
+    at most ``max_edges_per_call`` neighbour pairs (default 16384: about one 200-atom frame;
+    larger calls were not faster and hold more memory), and runs jitted programs per
     capacity bucket (centres and neighbour slots padded to buckets; see
     :func:`species_slot_layout`).
     """
@@ -446,7 +447,7 @@ class SOAP:
         sigma: float = 1.0,
         periodic: bool = False,
         dtype: str = "float64",
-        max_edges_per_call: int = 1 << 16,
+        max_edges_per_call: int = 1 << 14,
     ):
         from ..potential import resolve_dtype
 
