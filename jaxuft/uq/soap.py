@@ -36,7 +36,6 @@ Graph, for the live monitor).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Sequence
 
 import jax
@@ -287,16 +286,12 @@ def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, fi
 
 
 def power_spectrum_from_coefficients(consts: dict, coefficients) -> jax.Array:
-    """Features ``(B, n_features)`` in dscribe's order from :func:`species_slot_coefficients`' output (pure JAX).
-
-    ``coefficients`` may also be a list of such outputs for consecutive chunks of centres."""
+    """Features ``(B, n_features)`` in dscribe's order from :func:`species_slot_coefficients`' output (pure JAX)."""
     return dscribe_order(consts, power_blocks(consts, coefficients))
 
 
 def power_blocks(consts: dict, coefficients) -> jax.Array:
     """``p_l[a, b] = prel_l sum_m c_{a,lm} c_{b,lm}`` for all ``l`` and species-radial pairs: ``(B, L, S n, S n)``."""
-    if coefficients and isinstance(coefficients[0], (list, tuple)):
-        coefficients = [jnp.concatenate(parts, axis=0) for parts in zip(*coefficients)]
     blocks = []
     for l, c in enumerate(coefficients):  # (B, 2l+1, S n): outer products over the contiguous S n axis
         p = sum(c[:, m, :, None] * c[:, m, None, :] for m in range(c.shape[1]))
@@ -319,17 +314,6 @@ def soap_from_species_slots(consts: dict, disp: jax.Array, mask: jax.Array, firs
     return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, first, n_max, l_max))
 
 
-#: centres per chunk of the coefficient program, at least (smaller calls do not pay for their dispatch)
-_MIN_CHUNK_CENTRES = 64
-
-
-def _centre_chunks(n_centres: int) -> int:
-    """How many concurrent coefficient calls ``compute`` makes: one per CPU core (up to 8) on the CPU backend."""
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(1, min(os.cpu_count() or 1, 8, n_centres // _MIN_CHUNK_CENTRES))
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled_slot_stages(n_max: int, l_max: int):
     coeff = jax.jit(functools.partial(species_slot_coefficients, n_max=n_max, l_max=l_max))
@@ -337,7 +321,7 @@ def _compiled_slot_stages(n_max: int, l_max: int):
     return coeff, lambda consts, coefficients: order(consts, power(consts, coefficients))
 
 
-#: up to this many atoms the host pair search is a vectorised all-pairs scan over images
+#: up to this many atoms the host pair search is a k-d tree over the pre-filtered periodic images
 _DENSE_PAIRS_MAX_ATOMS = 2000
 
 
@@ -650,16 +634,9 @@ class SOAP:
         centers = np.concatenate([e[0] + o for (_, e), o in zip(batch, offsets)])
         species = np.concatenate([e[1] for _, e in batch])
         disp = np.concatenate([e[2] for _, e in batch])
-        chunks = _centre_chunks(int(offsets[-1]))
-        first, dsp, mask = species_slot_layout(centers, species, disp, int(offsets[-1]), self.n_species, self.dtype,
-                                               center_multiple=8 * chunks)
+        first, dsp, mask = species_slot_layout(centers, species, disp, int(offsets[-1]), self.n_species, self.dtype)
         coefficients, power = _compiled_slot_stages(self.n_max, self.l_max)
-        # the coefficient program is a sequential loop: one call per chunk of centres, dispatched
-        # without waiting, lets XLA:CPU run the chunks on different cores at once
-        first = jnp.asarray(first)
-        width = dsp.shape[-1] // chunks
-        coeff = [coefficients(consts, jnp.asarray(dsp[..., c * width : (c + 1) * width]),
-                              jnp.asarray(mask[..., c * width : (c + 1) * width]), first) for c in range(chunks)]
+        coeff = coefficients(consts, jnp.asarray(dsp), jnp.asarray(mask), jnp.asarray(first))
         return power(consts, coeff), offsets
 
     @staticmethod
