@@ -174,9 +174,9 @@ def measure(pot, atoms, replicas: int, steps: int, dtype: str) -> dict:
 
     # throughput only: no safety stop may freeze a replica (a frozen replica costs nothing)
     safety = md.Safety(max_temperature=1e9, min_distance=0.0)
-    sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety)
-    if getattr(pot, "bench_all_species", False):  # --mace-present-species off: the model compiled for all species
-        sim.model_module = lambda: pot.module
+    # --mace-present-species off: the model compiled for all species
+    sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety,
+                        specialise_species=not getattr(pot, "bench_all_species", False))
     start = sim.init(atoms, replicas=replicas, seed=0)
     t0 = time.perf_counter()
     state, first = sim.run(start, n_steps=steps, record_every=steps, progress=False)

@@ -95,9 +95,9 @@ def profile(pot, atoms, replicas: int, steps: int, repeats: int, present_species
     from jaxuft.md.segment import executable
 
     safety = md.Safety(max_temperature=1e9, min_distance=0.0)
-    sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety)
-    if not present_species:  # the model as compiled before 2026-12-01 14:00: weights gathered from all species
-        sim.model_module = lambda: pot.module
+    # present_species False: the model as compiled before 2026-12-01 14:00 (weights gathered from all species)
+    sim = md.Simulation(pot, md.Langevin(0.5, 300.0, friction=0.01), chunk_steps=steps, safety=safety,
+                        specialise_species=present_species)
     state = sim.init(atoms, replicas=replicas, seed=0)
     state, _ = sim.run(state, n_steps=steps, record_every=steps, progress=False)  # builds lists, sizes capacities
     params, extra, limits, cond = sim._params(None), jax.device_put({}), sim.limits(), sim.conditions()

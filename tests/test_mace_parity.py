@@ -122,3 +122,6 @@ def test_mace_parity_present_species(reference, tmp_path):
     z = np.concatenate([a.get_atomic_numbers() for a in frames[1:3]])
     assert sim.model_module().present_species == tuple(sorted(set(pot.species_map(z).tolist())))
     assert sim.program(1, 1).module == sim.model_module()
+    general = Simulation(pot, Langevin(0.5, 300.0), specialise_species=False)  # opt-out: the model for all elements
+    general.init(frames[1:3])
+    assert general.program(1, 1).module == pot.module

@@ -123,6 +123,9 @@ class Simulation:
                  (the Q-residual monitor of :func:`jaxuft.uq.build_monitor`) needs no second forward
                  pass.  ``None`` (default): when the hook says it uses this potential's descriptors
                  (its attribute ``model_descriptors`` is ``potential.module``); costs nothing otherwise
+    specialise_species: compile the model for this run's elements only (MACE: its per-element weights
+                 taken for those; default True). ``False``: the model for all its elements, so that runs
+                 with other element sets reuse the compiled program (slower per step)
     chunk_steps: most steps per compiled chunk (progress and overflow checks between chunks)
     remat:       rematerialise each step under differentiation (``jax.checkpoint``)
     shard:       shard the replica axis over ``jax.devices()`` when there are several
@@ -150,6 +153,7 @@ class Simulation:
         observables: Callable | None = None,
         stop_if: Callable | None = None,
         observables_descriptors: bool | None = None,
+        specialise_species: bool = True,
         chunk_steps: int = 1000,
         remat: bool = False,
         shard: bool = True,
@@ -174,6 +178,7 @@ class Simulation:
         self.observables = observables
         self.stop_if = stop_if
         self.observables_descriptors = observables_descriptors
+        self.specialise_species = bool(specialise_species)
         self.chunk_steps = int(chunk_steps)
         self.remat = bool(remat)
         self.shard = bool(shard)
@@ -225,8 +230,8 @@ class Simulation:
 
         A run's species are fixed, so the set is static: MACE then takes its species-indexed weights for
         these species only (see :func:`jaxuft.models.restrict_species`); other families are unchanged.
-        Before :meth:`init`/:meth:`restore`: ``potential.module``."""
-        if self.numbers is None:
+        Before :meth:`init`/:meth:`restore`, or with ``specialise_species=False``: ``potential.module``."""
+        if self.numbers is None or not self.specialise_species:
             return self.potential.module
         z = np.asarray(self.numbers).reshape(-1)
         z = z[z > 0]  # a mixed batch pads with 0
