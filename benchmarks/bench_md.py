@@ -264,6 +264,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mace-present-species", nargs="+", choices=["off", "on"], default=None,
                     help="MACE only: measure the model compiled for all species (off, the code before 2026-12-01 "
                          "14:00) and for the run's species (on, what jaxuft.md.Simulation compiles)")
+    ap.add_argument("--mace-message-vjp", nargs="+", choices=["off", "on"], default=None,
+                    help="MACE only: measure the chunked message sum with plain autodiff (off, the code before "
+                         "2026-12-01 17:00) and with its hand-written backward (on, the default)")
     ap.add_argument("--peer", choices=["torchsim"], default=None,
                     help="also run TorchSim + SevenNet-0 (batched Langevin) at the same systems and replica counts")
     ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
@@ -334,6 +337,16 @@ def main(argv=None) -> int:
                 var = copy.copy(pot)
                 var.bench_all_species = ps == "off"
                 split.append((var, f"{label} (all species)" if ps == "off" else label))
+        variants = split
+    if args.mace_message_vjp:
+        import copy
+
+        split = []
+        for pot, label in variants:
+            for mv in (args.mace_message_vjp if pot.config.get("family") == "mace" else ["on"]):
+                var = copy.copy(pot)
+                var.module = pot.module.clone(message_vjp=mv == "on")
+                split.append((var, f"{label} (message backward by autodiff)" if mv == "off" else label))
         variants = split
     for pot, label in variants:
         for sname, atoms in sys_atoms.items():

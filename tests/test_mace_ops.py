@@ -149,3 +149,42 @@ def test_receiver_chunks_sum_equals_edge_scatter(size):
     np.testing.assert_array_equal(slot_recv[used], receivers[np.asarray(ch.slot_edge)[used]])
     got = conv_messages(*(take_slots(jnp.asarray(a), ch, 0.0) for a in (x1, sh, w)), None, N, *args, chunks=ch)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_scalar_chunk_messages_hand_written_backward(size):
+    """The chunked message sum of a scalar-input layer with its hand-written backward
+    (``MACE.message_vjp``) equals plain autodiff: values, first derivatives and a second
+    derivative (fine-tuning on forces differentiates the backward again); ``jax.jvp`` through
+    it raises, which is why :func:`jaxuft.models.forward_mode` exists."""
+    from jaxuft.models.mace import receiver_chunks, take_slots
+
+    rng = np.random.default_rng(7 + size)
+    irreps1 = I.parse_irreps("3x0e")
+    sh_ir = I.spherical_harmonics_irreps(3)
+    irreps_mid, instructions = I.tp_out_irreps_with_instructions(irreps1, sh_ir, I.parse_irreps("0e+1o+2e+3o"))
+    E, N = 23, 5
+    receivers = np.concatenate([np.full(9, 1), rng.integers(0, N, E - 9)])
+    ch = receiver_chunks(jnp.asarray(receivers), N, size)
+    x1, sh = rng.normal(size=(E, 3)), rng.normal(size=(E, I.irreps_dim(sh_ir)))
+    w = rng.normal(size=(E, 3 * len(instructions)))
+    probe = jnp.asarray(rng.normal(size=(N, I.irreps_dim(irreps_mid))))
+    args = (irreps1, sh_ir, irreps_mid, instructions)
+
+    def loss(x1, sh, w, custom):
+        slots = [take_slots(a, ch, 0.0) for a in (x1, sh, w)]
+        return jnp.sum(jnp.sin(conv_messages(*slots, None, N, *args, chunks=ch, custom_vjp=custom)) * probe)
+
+    inputs = tuple(jnp.asarray(a) for a in (x1, sh, w))
+    want, got = (jax.value_and_grad(loss, argnums=(0, 1, 2))(*inputs, c) for c in (False, True))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+    def force_like(w, custom):  # d/dw of a projection of d(loss)/d(sh): reverse over reverse
+        return jnp.sum(jax.grad(loss, argnums=1)(inputs[0], inputs[1], w, custom) * inputs[1])
+
+    np.testing.assert_allclose(np.asarray(jax.grad(force_like)(inputs[2], True)),
+                               np.asarray(jax.grad(force_like)(inputs[2], False)), rtol=1e-11, atol=1e-11)
+    with pytest.raises(TypeError):
+        jax.jvp(lambda s: loss(inputs[0], s, inputs[2], True), (inputs[1],), (inputs[1],))
+    jax.jvp(lambda s: loss(inputs[0], s, inputs[2], False), (inputs[1],), (inputs[1],))

@@ -34,6 +34,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ..errors import JaxuftError
+from ..models import forward_mode
 from ..potential import energy_fn, energy_forces_stress_fn
 from .data import PER_NODE_CACHE, Sample, ShapePlan, batch_indices, collate
 from .params import ParamSplit, flatten
@@ -108,6 +109,7 @@ def _jac_fns(module, split: ParamSplit, template: tuple):
     ``energy_cols(theta, tangents, frozen, graph) -> (C, G)``: forward-mode energy columns.
     ``full_cols(theta, tangents, frozen, graph) -> (C, G), (C, N, 3), (C, G, 3, 3)``.
     """
+    module = forward_mode(module)  # the columns are forward-over-reverse
     _, unravel = ravel_pytree({p: jnp.zeros(shape, dtype) for p, shape, dtype in template})
 
     def params_of(theta, frozen):

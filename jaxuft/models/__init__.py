@@ -40,3 +40,13 @@ def restrict_species(module, species):
     from .mace import restrict_species as mace_restrict
 
     return mace_restrict(module, species)
+
+
+def forward_mode(module):
+    """``module`` in a form ``jax.jvp`` can differentiate (forward-over-reverse Jacobians, e.g. the
+    fine-tuning trunk cache). MACE's chunked message sum has a hand-written reverse-mode rule
+    (``MACE.message_vjp``), which JAX cannot push tangents through; this clone uses the plain
+    autodiff path instead (same values). Other families are returned as they are."""
+    if not getattr(module, "message_vjp", False):
+        return module
+    return module.clone(message_vjp=False)

@@ -85,7 +85,8 @@ def linear_numel(irreps_in, irreps_out) -> int:
     return sum(mi.mul * mo.mul for mi in irreps_in for mo in irreps_out if mi.ir == mo.ir)
 
 
-def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irreps_mid, instructions, chunks=None):
+def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irreps_mid, instructions, chunks=None,
+                  custom_vjp=False):
     """e3nn 'uvu' ``TensorProduct`` with per-edge weights, summed onto the receivers.
 
     x1: (E, dim1) sender features, sh: (E, dim_sh), weights: (E, numel) (zero on padding
@@ -98,7 +99,14 @@ def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irrep
     each chunk (one fused multiply-reduce) and only the per-chunk sums are scattered, so the
     per-edge message tensor ``(E, mul, 2l+1)`` is never written to memory.  Without it every
     edge's message is scattered onto its receiver.
+
+    ``custom_vjp`` (with ``chunks``, when every instruction reads the same scalar input irrep,
+    as in the first layer of any MACE and every layer of MACE-MP small): all instructions become
+    one batched matrix product per chunk with a hand-written backward
+    (:func:`_chunk_contract`); reverse mode only (``jax.jvp`` through it raises).
     """
+    if chunks is not None and custom_vjp and _scalar_inputs(irreps1, instructions):
+        return _scalar_chunk_messages(x1, sh, weights, chunks, n_nodes, irreps1, irreps_sh, irreps_mid, instructions)
     offs1, offs2 = I.offsets(irreps1), I.offsets(irreps_sh)
     outs, w_off = [], 0
     for i1, i2, k in instructions:
@@ -124,6 +132,73 @@ def conv_messages(x1, sh, weights, receivers, n_nodes, irreps1, irreps_sh, irrep
         else:  # one fused multiply-reduce over i (its backward has no per-slice pad-and-add)
             acc = jnp.sum(aw[:, :, :, None] * bc[:, None, :, :], axis=2)
         outs.append(jax.ops.segment_sum(acc.reshape(x1.shape[0], -1), receivers, num_segments=n_nodes))
+    return jnp.concatenate(outs, axis=-1)
+
+
+def _scalar_inputs(irreps1, instructions) -> bool:
+    """Every instruction reads the same scalar input irrep (so the messages are one product per chunk)."""
+    first = {i1 for i1, _, _ in instructions}
+    return len(first) == 1 and irreps1[next(iter(first))].l == 0
+
+
+@jax.custom_vjp
+def _chunk_contract(z, yb, ybt):
+    """``out[c, k, u] = sum_q yb[c, q, k] z[c, q, u]`` per chunk ``c`` (``ybt``: ``yb`` with its last two
+    axes swapped, given in that memory layout).
+
+    The backward is written out so that each of the three products is a plain batched
+    ``(rows x inner) @ (inner x cols)`` with contiguous operands: autodiff of the forward contracts
+    a leading axis, which XLA:CPU runs through a generic loop several times slower
+    (RESULTS.md, 2026-12-01 17:30).
+    """
+    return jnp.einsum("ckq,cqu->cku", ybt, z)
+
+
+def _chunk_contract_fwd(z, yb, ybt):
+    return _chunk_contract(z, yb, ybt), (z, yb)
+
+
+def _chunk_contract_bwd(res, g):
+    z, yb = res
+    gt = jax.lax.optimization_barrier(jnp.swapaxes(g, 1, 2))  # (c, u, k) materialised: keeps the product plain
+    return jnp.einsum("cqk,cku->cqu", yb, g), jnp.einsum("cqu,cuk->cqk", z, gt), None
+
+
+_chunk_contract.defvjp(_chunk_contract_fwd, _chunk_contract_bwd)
+
+
+def _scalar_chunk_messages(x1, sh, weights, chunks, n_nodes, irreps1, irreps_sh, irreps_mid, instructions):
+    """:func:`conv_messages` for instructions that all read one scalar irrep ``u x 0e``, in the chunk layout.
+
+    Per chunk of ``B`` edge slots, with ``q = (slot, instruction)`` and ``k`` running over the output
+    components of all instructions (``sum (2l+1)``): ``msg[c, k, u] = sum_q yb[c, q, k] z[c, q, u]``,
+    ``z = w * x1`` (the radial weights times the sender features) and ``yb`` the Clebsch-Gordan-coupled
+    spherical harmonics placed in the output block of their instruction (zero elsewhere).
+    """
+    i1 = instructions[0][0]
+    mul = irreps1[i1].mul
+    o1 = I.offsets(irreps1)[i1]
+    offs2 = I.offsets(irreps_sh)
+    n_ins, B, S = len(instructions), chunks.size, sh.shape[0]
+    dims = [irreps_mid[k].dim for _, _, k in instructions]
+    K = sum(dims)
+    couple = np.zeros((sum(m.dim for m in irreps_sh), n_ins, K))
+    k0 = 0
+    for t, (_, i2, k) in enumerate(instructions):
+        m2, mo = irreps_sh[i2], irreps_mid[k]
+        cg = I.wigner_3j(0, m2.l, mo.l) * math.sqrt(mo.dim)  # (1, j, k)
+        couple[offs2[i2] : offs2[i2] + m2.dim, t, k0 : k0 + mo.dim] = cg[0]
+        k0 += mo.dim
+    a = x1[:, o1 : o1 + mul]
+    z = (weights[:, : n_ins * mul].reshape(S, n_ins, mul) * a[:, None, :]).reshape(S // B, B * n_ins, mul)
+    yb = (sh @ jnp.asarray(couple.reshape(couple.shape[0], -1), sh.dtype)).reshape(S // B, B * n_ins, K)
+    ybt = jax.lax.optimization_barrier(jnp.swapaxes(yb, 1, 2))  # (c, k, q) materialised for a plain product
+    acc = _chunk_contract(z, yb, jax.lax.stop_gradient(ybt))  # (chunks, k, u)
+    msg = jax.ops.segment_sum(acc, chunks.receiver, num_segments=n_nodes, indices_are_sorted=True)  # (N, k, u)
+    outs, k0 = [], 0
+    for d in dims:
+        outs.append(jnp.swapaxes(msg[:, k0 : k0 + d, :], 1, 2).reshape(n_nodes, mul * d))
+        k0 += d
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -323,6 +398,9 @@ class MACE(nn.Module):
     #: Static: part of the compiled program's identity. With a set, the species-indexed weights (skip tensor
     #: product) are taken for these species only; a real node of another species gets a NaN energy.
     present_species: tuple | None = None
+    #: the chunked message sum of scalar-input layers with a hand-written backward (see :func:`conv_messages`);
+    #: reverse mode only: :func:`jaxuft.models.forward_mode` turns it off for ``jax.jvp``
+    message_vjp: bool = True
 
     def _radii(self, dtype):
         return jnp.asarray(self.constants["covalent_radii"], dtype) if "covalent_radii" in self.constants else None
@@ -408,7 +486,7 @@ class MACE(nn.Module):
             with jax.named_scope("mace/messages"):
                 msg = conv_messages(
                     up[senders], sh, hdn, receivers, N, spec.edge_irreps, sh_irreps, spec.irreps_mid, spec.conv_instructions,
-                    chunks,
+                    chunks, self.message_vjp,
                 )
             with jax.named_scope("mace/linear"):
                 w_lin = self.param(f"{pre}.linear", nn.initializers.normal(1.0), (linear_numel(spec.irreps_mid, spec.target_irreps),), dtype)
