@@ -267,6 +267,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mace-message-vjp", nargs="+", choices=["off", "on"], default=None,
                     help="MACE only: measure the chunked message sum with plain autodiff (off, the code before "
                          "2026-12-01 17:00) and with its hand-written backward (on, the default)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --torch-model: after the first pass, this many more alternating (jaxuft, mace-torch+ASE "
+                         "tuned malloc) pairs at R=1; the note gives each pair's ratio and their median")
     ap.add_argument("--peer", choices=["torchsim"], default=None,
                     help="also run TorchSim + SevenNet-0 (batched Langevin) at the same systems and replica counts")
     ap.add_argument("--quick", action="store_true", help="Morse only, R = 1 4, 10 steps")
@@ -392,6 +395,27 @@ def main(argv=None) -> int:
                              + f"; CPU time per step {ref_cpu:.0f} ms vs jaxuft {our_cpu:.0f} ms ({ref_cpu / our_cpu:.2f}x).")
                 print(f"[bench_md] mace-torch + ASE {sname} ({alloc}): {1e3 * ref['wall_s'] / args.steps:.1f} ms/step; "
                       f"jaxuft/torch speed-up {speedup:.2f}x", flush=True)
+
+    if args.torch_model and args.rounds > 1:
+        name = Path(args.torch_model).name
+        pot = next(p for p, label in variants if label == name)
+        for sname, atoms in sys_atoms.items():
+            pairs = []
+            for k in range(args.rounds - 1):
+                m = measure(pot, atoms, 1, args.steps, args.dtype)
+                ref = torch_reference(args.torch_model, atoms, args.steps, args.dtype, args.torch_threads, True)
+                if ref is None:
+                    break
+                pairs.append((m["atom_steps_per_s"] / ref["atom_steps_per_s"],
+                              ref["cpu_s"] * 1e3 / args.steps / m["cpu_ms_per_step"]))
+                print(f"[bench_md] round {k + 2}: jaxuft {m['ms_per_step']:.1f} ms/step, mace-torch+ASE (tuned malloc) "
+                      f"{1e3 * ref['wall_s'] / args.steps:.1f} ms/step: {pairs[-1][0]:.2f}x wall, {pairs[-1][1]:.2f}x CPU",
+                      flush=True)
+            if pairs:
+                notes.append(f"{sname}: {len(pairs)} more alternating pairs (jaxuft, then mace-torch+ASE with tuned malloc, "
+                             f"R=1): wall ratios {', '.join(f'{w:.2f}x' for w, _ in pairs)} (median "
+                             f"{float(np.median([w for w, _ in pairs])):.2f}x); CPU-time ratios "
+                             f"{', '.join(f'{c:.2f}x' for _, c in pairs)} (median {float(np.median([c for _, c in pairs])):.2f}x).")
 
     if args.peer == "torchsim":
         threads = args.torch_threads or len(os.sched_getaffinity(0))
