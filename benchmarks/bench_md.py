@@ -331,26 +331,24 @@ def main(argv=None) -> int:
                 variants.append((var, label if chunk == pot.module.edge_chunk else f"{label} (edge_chunk={chunk})"))
         else:
             variants.append((pot, label))
+    def on_off(variants, choices, off_label, apply):
+        """Each MACE variant once per choice ("off" labelled ``off_label``); other families keep "on"."""
+        import copy
+
+        split = []
+        for pot, label in variants:
+            for choice in (choices if pot.config.get("family") == "mace" else ["on"]):
+                var = copy.copy(pot)
+                apply(var, choice == "on")
+                split.append((var, f"{label} ({off_label})" if choice == "off" else label))
+        return split
+
     if args.mace_present_species:
-        import copy
-
-        split = []
-        for pot, label in variants:
-            for ps in (args.mace_present_species if pot.config.get("family") == "mace" else ["on"]):
-                var = copy.copy(pot)
-                var.bench_all_species = ps == "off"
-                split.append((var, f"{label} (all species)" if ps == "off" else label))
-        variants = split
+        variants = on_off(variants, args.mace_present_species, "all species",
+                          lambda var, on: setattr(var, "bench_all_species", not on))
     if args.mace_message_vjp:
-        import copy
-
-        split = []
-        for pot, label in variants:
-            for mv in (args.mace_message_vjp if pot.config.get("family") == "mace" else ["on"]):
-                var = copy.copy(pot)
-                var.module = pot.module.clone(message_vjp=mv == "on")
-                split.append((var, f"{label} (message backward by autodiff)" if mv == "off" else label))
-        variants = split
+        variants = on_off(variants, args.mace_message_vjp, "message backward by autodiff",
+                          lambda var, on: setattr(var, "module", var.module.clone(message_vjp=on)))
     for pot, label in variants:
         for sname, atoms in sys_atoms.items():
             base = None

@@ -142,26 +142,26 @@ def _scalar_inputs(irreps1, instructions) -> bool:
 
 
 @jax.custom_vjp
-def _chunk_contract(z, yb, ybt):
-    """``out[c, k, u] = sum_q yb[c, q, k] z[c, q, u]`` per chunk ``c`` (``ybt``: ``yb`` with its last two
-    axes swapped, given in that memory layout).
+def _chunk_contract(z, yb):
+    """``out[c, k, u] = sum_q yb[c, q, k] z[c, q, u]`` per chunk ``c``.
 
-    The backward is written out so that each of the three products is a plain batched
-    ``(rows x inner) @ (inner x cols)`` with contiguous operands: autodiff of the forward contracts
-    a leading axis, which XLA:CPU runs through a generic loop several times slower
-    (RESULTS.md, 2026-12-01 17:30).
+    Forward and backward are written so that each product is a plain batched
+    ``(rows x inner) @ (inner x cols)`` with contiguous operands (the transposed operand is
+    materialised first): autodiff of the forward contracts a leading axis, which XLA:CPU runs
+    through a generic loop several times slower (RESULTS.md: MD throughput 2026-12-01 16:38,
+    ``--mace-message-vjp off on``; profile 17:27).
     """
-    return jnp.einsum("ckq,cqu->cku", ybt, z)
+    return jnp.einsum("ckq,cqu->cku", jax.lax.optimization_barrier(jnp.swapaxes(yb, 1, 2)), z)
 
 
-def _chunk_contract_fwd(z, yb, ybt):
-    return _chunk_contract(z, yb, ybt), (z, yb)
+def _chunk_contract_fwd(z, yb):
+    return _chunk_contract(z, yb), (z, yb)
 
 
 def _chunk_contract_bwd(res, g):
     z, yb = res
     gt = jax.lax.optimization_barrier(jnp.swapaxes(g, 1, 2))  # (c, u, k) materialised: keeps the product plain
-    return jnp.einsum("cqk,cku->cqu", yb, g), jnp.einsum("cqu,cuk->cqk", z, gt), None
+    return jnp.einsum("cqk,cku->cqu", yb, g), jnp.einsum("cqu,cuk->cqk", z, gt)
 
 
 _chunk_contract.defvjp(_chunk_contract_fwd, _chunk_contract_bwd)
@@ -192,8 +192,7 @@ def _scalar_chunk_messages(x1, sh, weights, chunks, n_nodes, irreps1, irreps_sh,
     a = x1[:, o1 : o1 + mul]
     z = (weights[:, : n_ins * mul].reshape(S, n_ins, mul) * a[:, None, :]).reshape(S // B, B * n_ins, mul)
     yb = (sh @ jnp.asarray(couple.reshape(couple.shape[0], -1), sh.dtype)).reshape(S // B, B * n_ins, K)
-    ybt = jax.lax.optimization_barrier(jnp.swapaxes(yb, 1, 2))  # (c, k, q) materialised for a plain product
-    acc = _chunk_contract(z, yb, jax.lax.stop_gradient(ybt))  # (chunks, k, u)
+    acc = _chunk_contract(z, yb)  # (chunks, k, u)
     msg = jax.ops.segment_sum(acc, chunks.receiver, num_segments=n_nodes, indices_are_sorted=True)  # (N, k, u)
     outs, k0 = [], 0
     for d in dims:
