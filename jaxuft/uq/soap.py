@@ -46,6 +46,13 @@ from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
 
 from ..graph import bucket_size
+
+try:  # vesin: the host neighbour search (a declared dependency; ASE's neighbour list if it is missing)
+    import vesin as _vesin  # noqa: F401
+
+    _HAVE_VESIN = True
+except ImportError:  # pragma: no cover - only on platforms without a vesin wheel
+    _HAVE_VESIN = False
 from ..neighbors import neighbor_list
 
 #: the Gaussians' decay threshold that fixes both the cutoff padding and the basis exponents
@@ -204,13 +211,16 @@ def soap_from_edges(
 
 # ---------------------------------------------------------------- species-slot kernel (what ``compute`` runs)
 #
-# Layout: centres are the LAST (vectorised) axis of every per-neighbour array; the neighbour slots of
-# each species occupy a contiguous range of the first axis (``first[s] .. first[s+1]``, runtime values,
-# so frames whose neighbour counts differ share one compiled program).  XLA's CPU loops vectorise the
-# last axis, so each step below is a plain multiply-add over all centres at once: no one-hot product
-# over species, no gathers in the hot loop.  The power spectrum then runs centre-major (``(B, m, S n)``:
-# outer products over the contiguous ``S n`` axis) and one constant gather puts the features in
-# dscribe's order.
+# Layout: centres are the LAST (vectorised) axis of every array, from the neighbour slots to the
+# features; the neighbour slots of each species occupy a contiguous range of the first axis
+# (``first[s] .. first[s+1]``, runtime values, so frames whose neighbour counts differ share one
+# compiled program).  XLA's CPU loops vectorise the last axis, so each step below is a plain
+# multiply-add over all centres at once: no one-hot product over species, no gathers in the hot
+# loop.  The power spectrum is outer products over the centre axis too, and one constant ROW gather
+# (each row a contiguous run of centres) puts the features in dscribe's order: ``(n_features, B)``.
+# :meth:`SOAP.compute` hands that out as its transposed host view ``(n_atoms, n_features)``, because
+# XLA:CPU transposes are slow (a centre-major output, or a transpose at the end, cost 3-4x the whole
+# power-spectrum stage: benchmarks/RESULTS.md, SOAP 2026-12-01 19:50).
 
 #: neighbour slots per step of the density loop (each species' range is padded to a multiple of it)
 _SLOT_STEP = 2
@@ -249,15 +259,18 @@ def species_slot_layout(centers, species, displacements, n_centers: int, n_speci
 
 def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, first: jax.Array, n_max: int,
                               l_max: int):
-    """Expansion coefficients from species slots: one ``(B, 2l+1, S n_max)`` array per ``l`` (pure JAX).
+    """Expansion coefficients from species slots: one ``(2l+1, S n_max, B)`` array per ``l`` (pure JAX).
 
-    ``disp (J, 3, B)``, ``mask (J, B)`` and ``first (S+1,)`` as from :func:`species_slot_layout`."""
+    ``disp (J, 3, B)``, ``mask (J, B)`` and ``first (S+1,)`` as from :func:`species_slot_layout`;
+    row ``s n_max + n`` of the middle axis is species ``s``, radial function ``n``."""
     barrier = jax.lax.optimization_barrier
     n_l, k = l_max + 1, consts["aoa"].shape[-1]
     n_species = first.shape[0] - 1
     b = disp.shape[-1]
     sh = real_solid_harmonics(jnp.moveaxis(disp, 1, -1), l_max, axis=1)  # (J, LM, B), stacked in place
-    r2 = jnp.sum(disp * disp, axis=1)
+    # |r|^2 on its own first: fused into the exponentials, XLA:CPU redid the 3-term reduction for
+    # each of the L K exponents, unvectorised (the stage took 7.7 ms instead of 4.9 on the paper frame)
+    r2 = barrier(jnp.sum(disp * disp, axis=1))
     radial = jnp.exp(consts["aoa"].astype(disp.dtype).reshape(-1)[None, :, None] * r2[:, None, :])  # (J, L K, B)
     sh, radial = barrier((sh, jnp.where(mask[:, None, :], radial, 0.0)))
     l_of_lm = np.repeat(np.arange(n_l), 2 * np.arange(n_l) + 1)
@@ -281,113 +294,75 @@ def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, fi
     for l in range(n_l):
         d = dens[:, l * l : (l + 1) * (l + 1)]  # (S, M, K, B)
         c = sum(d[:, :, None, q, :] * boa[l][None, None, :, q, None] for q in range(k))  # (S, M, n, B)
-        out.append(jnp.transpose(c, (3, 1, 0, 2)).reshape(b, 2 * l + 1, n_species * n_max))
+        out.append(jnp.transpose(c, (1, 0, 2, 3)).reshape(2 * l + 1, n_species * n_max, b))
     return out
 
 
 def power_spectrum_from_coefficients(consts: dict, coefficients) -> jax.Array:
-    """Features ``(B, n_features)`` in dscribe's order from :func:`species_slot_coefficients`' output (pure JAX)."""
-    return dscribe_order(consts, power_blocks(consts, coefficients))
+    """Features ``(n_features, B)`` in dscribe's order (centres last) from :func:`species_slot_coefficients`.
 
-
-def power_blocks(consts: dict, coefficients) -> jax.Array:
-    """``p_l[a, b] = prel_l sum_m c_{a,lm} c_{b,lm}`` for all ``l`` and species-radial pairs: ``(B, L, S n, S n)``."""
+    ``p_l[a, b] = prel_l sum_m c_{a,lm} c_{b,lm}`` for all ``l`` and species-radial pairs ``a, b``
+    (outer products over the centre axis), then the rows dscribe keeps, in its order."""
     blocks = []
-    for l, c in enumerate(coefficients):  # (B, 2l+1, S n): outer products over the contiguous S n axis
-        p = sum(c[:, m, :, None] * c[:, m, None, :] for m in range(c.shape[1]))
+    for l, c in enumerate(coefficients):  # (2l+1, S n, B)
+        p = sum(c[m, :, None, :] * c[m, None, :, :] for m in range(c.shape[0]))
         blocks.append(p * consts["prel"].astype(c.dtype)[l])
-    return jnp.stack(blocks, axis=1)
-
-
-def dscribe_order(consts: dict, power: jax.Array) -> jax.Array:
-    """The features of :func:`power_blocks`' output in dscribe's order: ``(B, n_features)``."""
-    return power.reshape(power.shape[0], -1)[:, consts["feat_flat"]]
+    power = jnp.stack(blocks)  # (L, S n, S n, B)
+    return power.reshape(-1, power.shape[-1])[consts["feat_flat"]]
 
 
 def soap_from_species_slots(consts: dict, disp: jax.Array, mask: jax.Array, first: jax.Array, n_max: int,
                             l_max: int) -> jax.Array:
     """The SOAP power spectrum ``(B, n_features)`` from species slots (pure JAX; see :func:`species_slot_layout`).
 
-    :meth:`SOAP.compute` runs the three steps (coefficients, power blocks, order) as separate
-    compiled programs: in one program XLA:CPU fuses the outer products into the final gather
-    and loses their vectorisation."""
-    return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, first, n_max, l_max))
+    :meth:`SOAP.compute` runs the two stages (coefficients, power spectrum) as separate
+    compiled programs (in one program XLA:CPU fuses the outer products into the final gather
+    and loses their vectorisation) and transposes on the host for free (a view); this
+    function's transpose at the end is a real one."""
+    return power_spectrum_from_coefficients(consts, species_slot_coefficients(consts, disp, mask, first, n_max, l_max)).T
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_slot_stages(n_max: int, l_max: int):
-    coeff = jax.jit(functools.partial(species_slot_coefficients, n_max=n_max, l_max=l_max))
-    power, order = jax.jit(power_blocks), jax.jit(dscribe_order)
-    return coeff, lambda consts, coefficients: order(consts, power(consts, coefficients))
+    """The two jitted stages of :meth:`SOAP.compute`: coefficients, then features ``(n_features, B)``."""
+    return (jax.jit(functools.partial(species_slot_coefficients, n_max=n_max, l_max=l_max)),
+            jax.jit(power_spectrum_from_coefficients))
 
 
-#: up to this many atoms the host pair search is a k-d tree over the pre-filtered periodic images
-_DENSE_PAIRS_MAX_ATOMS = 2000
-
-
-def _image_shifts(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
-    """Integer lattice shifts reaching every image within ``cutoff`` of atoms inside the cell."""
-    from ase.geometry import complete_cell
-
-    full = complete_cell(cell)
-    volume = abs(np.linalg.det(full))
-    reps = []
-    for ax in range(3):
-        if pbc[ax]:
-            width = volume / np.linalg.norm(np.cross(full[(ax + 1) % 3], full[(ax + 2) % 3]))
-            reps.append(int(np.ceil(cutoff / width)))
-        else:
-            reps.append(0)
-    grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reps], indexing="ij")
-    return np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)
-
-
-def _pairs_dense(pos, cell, pbc, cutoff, species=None):
-    """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, self pair included (numpy + scipy).
-
-    Only periodic images inside the cell grown by ``cutoff`` (along the periodic axes)
-    are candidates.  Pairs come sorted by centre ``i`` and, within a centre, by
-    ``species[j]`` when ``species`` is given (else by ``j``).
-    """
-    from ase.geometry import complete_cell
-
-    n = len(pos)
-    if pbc.any():
-        full = complete_cell(cell)
-        frac = np.linalg.solve(full.T, pos.T).T
-        frac[:, pbc] -= np.floor(frac[:, pbc])
-        wrapped = frac @ full
-        shifts = _image_shifts(cell, pbc, cutoff)  # (n_img, 3)
-        ifrac = frac[None, :, :] + shifts[:, None, :]  # (n_img, n, 3)
-        volume = abs(np.linalg.det(full))
-        keep = np.ones(ifrac.shape[:2], bool)
-        for ax in np.nonzero(pbc)[0]:
-            width = volume / np.linalg.norm(np.cross(full[(ax + 1) % 3], full[(ax + 2) % 3]))
-            margin = cutoff / width * (1.0 + 1e-9) + 1e-12
-            keep &= (ifrac[..., ax] >= -margin) & (ifrac[..., ax] <= 1.0 + margin)
-        img, src = np.nonzero(keep)
-        images = ifrac[img, src] @ full
-    else:
-        wrapped = pos
-        src = np.arange(n)
-        images = pos
-    # a k-d tree over the candidate images (scipy, C): ~3x faster than a numpy all-pairs scan here
-    from scipy.spatial import cKDTree
-
-    found = cKDTree(wrapped).sparse_distance_matrix(cKDTree(images), cutoff * (1.0 + 1e-9), output_type="ndarray")
-    ii, pp = found["i"].astype(np.int64), found["j"].astype(np.int64)
-    dd = images[pp] - wrapped[ii]
-    keep = np.einsum("ek,ek->e", dd, dd) <= cutoff * cutoff  # the exact test (distance <= cutoff, like dscribe)
-    ii, jj, dd = ii[keep], src[pp[keep]], dd[keep]
-    key = ii * (n if species is None else int(species.max()) + 1) + (jj if species is None else species[jj])
+def _sorted_by_center_species(i, j, disp, species):
+    """The pairs ordered by centre, then by the neighbour's species (what :func:`species_slot_layout` wants)."""
+    key = i * (int(species.max()) + 1) + species[j]
     if key.size and key.max() < 1 << 16:
         key = key.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit integers: O(E)
     order = np.argsort(key, kind="stable")
-    return ii[order], jj[order], dd[order]
+    return i[order], j[order], disp[order]
+
+
+def _pairs_vesin(pos, cell, pbc, cutoff, species):
+    """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, the self pair included, from vesin.
+
+    vesin (C++ cell lists; any cell, also smaller than the cutoff sphere) is 3-4x faster than a
+    scipy k-d tree over the periodic images here (1.1-1.7 ms against 3.3-6.0 ms for the paper
+    frame).  Sorted by centre, then by ``species[j]``."""
+    import vesin
+
+    n = len(pos)
+    box = cell if pbc.any() else np.zeros((3, 3))
+    # a hair beyond the cutoff, then the exact test (distance <= cutoff, like dscribe)
+    found = vesin.NeighborList(cutoff=float(np.nextafter(cutoff, np.inf)), full_list=True)
+    i, j, d = found.compute(points=pos, box=box, periodic=[bool(p) for p in pbc], quantities="ijD")
+    keep = np.einsum("ek,ek->e", d, d) <= cutoff * cutoff
+    if not keep.all():
+        i, j, d = i[keep], j[keep], d[keep]
+    self_idx = np.arange(n)
+    i = np.concatenate([self_idx, i.astype(np.int64)])
+    j = np.concatenate([self_idx, j.astype(np.int64)])
+    d = np.concatenate([np.zeros((n, 3)), d])
+    return _sorted_by_center_species(i, j, d, species)
 
 
 def _pairs_ase(atoms, pos, cell, pbc, cutoff):
-    """The same pairs from ASE's neighbour list (large structures)."""
+    """The same pairs from ASE's neighbour list (numpy; the fallback where vesin cannot be imported)."""
     view = Atoms(numbers=atoms.get_atomic_numbers(), positions=pos, cell=cell if pbc.any() else None, pbc=pbc)
     i, j, S, d = neighbor_list(view, np.nextafter(cutoff, np.inf))
     keep = d <= cutoff
@@ -414,8 +389,7 @@ class SOAP:
     (faster on accelerators; the orthonormalised basis is ill-conditioned for large
     ``n_max``, so expect ~1e-4 relative differences).
 
-    ``compute`` finds neighbours on the host (a scipy k-d tree over the periodic images up
-    to 2000 atoms, ASE's neighbour list above), groups frames into calls of
+    ``compute`` finds neighbours on the host (vesin's cell lists), groups frames into calls of
     at most ``max_edges_per_call`` neighbour pairs (default 16384: about one 200-atom frame;
     larger calls were not faster and hold more memory), and runs jitted programs per
     capacity bucket (centres and neighbour slots padded to buckets; see
@@ -569,8 +543,8 @@ class SOAP:
                     f"periodic SOAP needs cell vectors along the periodic axes {pbc.tolist()}; "
                     "set atoms.cell or use periodic=False"
                 )
-        if len(atoms) <= _DENSE_PAIRS_MAX_ATOMS:
-            i, j, disp = _pairs_dense(pos, cell, pbc, self.cutoff, spec)
+        if _HAVE_VESIN:
+            i, j, disp = _pairs_vesin(pos, cell, pbc, self.cutoff, spec)
         else:
             i, j, disp = _pairs_ase(atoms, pos, cell, pbc, self.cutoff)
         return i.astype(np.int32), spec[j].astype(np.int32), disp
@@ -579,17 +553,21 @@ class SOAP:
     def compute(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
         """Per-atom SOAP vectors ``(n_atoms, n_features)`` (frames stacked), host float64/32 numpy.
 
-        When one device call covers all frames the result is a read-only view of its
-        output (no copy); ``np.array(x)`` gives a writable copy.  Device calls are
-        dispatched without waiting, so the host neighbour search of the next frames
-        runs while the device computes the previous ones."""
+        The array is column-major (Fortran order: each feature's values over the atoms are
+        contiguous), the layout the device writes fastest; numpy, BLAS and PCA take it as it
+        is, and ``np.ascontiguousarray(x)`` gives a row-major copy.  When one device call
+        covers all frames the result is a read-only view of its output (no copy);
+        ``np.array(x)`` gives a writable copy.  Device calls are dispatched without waiting,
+        so the host neighbour search of the next frames runs while the device computes the
+        previous ones."""
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
         consts = self.constants()
         pending = [self._dispatch(consts, batch) for batch in self._batches(frames)]
         out = [self._host(p)[0] for p in pending]
         if not out:
             return np.zeros((0, self.n_features), dtype=self.dtype)
-        return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
+        # stacked column-major too: a row-major concatenation would transpose every block
+        return out[0] if len(out) == 1 else np.concatenate([x.T for x in out], axis=1).T
 
     def create(self, atoms, n_jobs: int = 1):  # dscribe's name
         return self.compute(atoms)
@@ -641,9 +619,11 @@ class SOAP:
 
     @staticmethod
     def _host(pending) -> tuple[np.ndarray, np.ndarray]:
-        """Wait for a dispatched call: one host view of the result (no copy on CPU), padding rows dropped."""
+        """Wait for a dispatched call: one host view of the result (no copy on CPU), padding rows dropped.
+
+        The device result is ``(n_features, B)``; its transpose is a view (column-major)."""
         result, offsets = pending
-        return np.asarray(result)[: int(offsets[-1])], offsets
+        return np.asarray(result).T[: int(offsets[-1])], offsets
 
     def _run(self, consts, batch) -> tuple[np.ndarray, np.ndarray]:
         """One device call, waited for: ``(features of all the batch's atoms, per-frame row offsets)``."""
