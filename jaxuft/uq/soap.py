@@ -288,7 +288,9 @@ def species_slot_coefficients(consts: dict, disp: jax.Array, mask: jax.Array, fi
 
         return jax.lax.fori_loop(0, (hi - lo) // _SLOT_STEP, add, jnp.zeros((n_l * n_l, k, b), disp.dtype))
 
-    dens = barrier(jax.lax.map(species_density, jnp.arange(n_species)))  # one loop body: short compiles
+    # one independent loop per species (not one lax.map): XLA:CPU's runtime runs independent loops
+    # side by side on its threads; 2.35-2.7 ms against 2.9-3.7 ms for the density sums of the paper frame
+    dens = barrier(jnp.stack([species_density(s) for s in range(n_species)]))
     boa = consts["boa"].astype(disp.dtype)
     out = []
     for l in range(n_l):
