@@ -46,14 +46,14 @@ from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
 
 from ..graph import bucket_size
+from ..neighbors import neighbor_list
 
 try:  # vesin: the host neighbour search (a declared dependency; ASE's neighbour list if it is missing)
-    import vesin as _vesin  # noqa: F401
-
-    _HAVE_VESIN = True
+    import vesin as _vesin
 except ImportError:  # pragma: no cover - only on platforms without a vesin wheel
-    _HAVE_VESIN = False
-from ..neighbors import neighbor_list
+    _vesin = None
+#: whether :meth:`SOAP.edges` uses vesin (False: ASE's neighbour list, the same pairs, slower)
+_HAVE_VESIN = _vesin is not None
 
 #: the Gaussians' decay threshold that fixes both the cutoff padding and the basis exponents
 _THRESHOLD = 1.0e-3
@@ -346,12 +346,10 @@ def _pairs_vesin(pos, cell, pbc, cutoff, species):
     vesin (C++ cell lists; any cell, also smaller than the cutoff sphere) is 3-4x faster than a
     scipy k-d tree over the periodic images here (1.1-1.7 ms against 3.3-6.0 ms for the paper
     frame).  Sorted by centre, then by ``species[j]``."""
-    import vesin
-
     n = len(pos)
     box = cell if pbc.any() else np.zeros((3, 3))
     # a hair beyond the cutoff, then the exact test (distance <= cutoff, like dscribe)
-    found = vesin.NeighborList(cutoff=float(np.nextafter(cutoff, np.inf)), full_list=True)
+    found = _vesin.NeighborList(cutoff=float(np.nextafter(cutoff, np.inf)), full_list=True)
     i, j, d = found.compute(points=pos, box=box, periodic=[bool(p) for p in pbc], quantities="ijD")
     keep = np.einsum("ek,ek->e", d, d) <= cutoff * cutoff
     if not keep.all():
@@ -555,9 +553,9 @@ class SOAP:
     def compute(self, atoms: Atoms | Sequence[Atoms]) -> np.ndarray:
         """Per-atom SOAP vectors ``(n_atoms, n_features)`` (frames stacked), host float64/32 numpy.
 
-        The array is column-major (Fortran order: each feature's values over the atoms are
-        contiguous), the layout the device writes fastest; numpy, BLAS and PCA take it as it
-        is, and ``np.ascontiguousarray(x)`` gives a row-major copy.  When one device call
+        The array has column-major strides (each feature's values over the atoms are
+        contiguous in memory), the layout the device writes fastest; numpy, BLAS and PCA take
+        it as it is, and ``np.ascontiguousarray(x)`` gives a row-major copy.  When one device call
         covers all frames the result is a read-only view of its output (no copy);
         ``np.array(x)`` gives a writable copy.  Device calls are dispatched without waiting,
         so the host neighbour search of the next frames runs while the device computes the
