@@ -8,8 +8,9 @@ device program and the host result included); the first call (compilation) is re
 its own.  dscribe runs with ``n_jobs=1``.  Batched, each side has two output forms, timed
 interleaved: one array for all frames (dscribe ``create(list)``, jaxuft ``compute(list)``) and
 one array per frame (a loop of dscribe ``create(frame)``, jaxuft ``compute_iter``); rows for
-each form against its like, and a headline row of each side's faster form.  jaxuft's share of the time (host neighbour search vs device) and
-the process CPU time of both (a steadier figure on a shared machine) are printed too.
+each form against its like, and a headline row of each side's faster form.  jaxuft's share
+of the time (host neighbour search vs device) and the process CPU time of both (a steadier
+figure on a shared machine) are printed too.
 
     python benchmarks/bench_soap.py [--data ../shared/paper-data] [--repeats 7] [--batch-frames 10]
                                     [--baseline-commit REV] [--no-append]
