@@ -105,22 +105,39 @@ def test_vesin_pairs_equal_ase_pairs(name):
     pos = atoms.get_positions()
     pbc = np.asarray(atoms.pbc, bool) & periodic
     cell = np.asarray(atoms.cell)
-    spec = s.species_index(atoms.numbers)
 
     def canonical(i, j, d):
         key = np.lexsort((np.round(d[:, 2], 9), np.round(d[:, 1], 9), np.round(d[:, 0], 9), j, i))
         return i[key], j[key], d[key]
 
-    a = canonical(*soap_mod._pairs_vesin(pos, cell, pbc, s.cutoff, spec))
+    a = canonical(*soap_mod._pairs_vesin(pos, cell, pbc, s.cutoff))
     b = canonical(*soap_mod._pairs_ase(atoms, pos, cell, pbc, s.cutoff))
     assert len(a[0]) == len(b[0]) > len(atoms)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_allclose(a[2], b[2], atol=1e-10)
-    # vesin's pairs come grouped by centre, then by the neighbour's species (the slot layout's order)
-    i, j, _ = soap_mod._pairs_vesin(pos, cell, pbc, s.cutoff, spec)
-    key = i * len(species) + spec[j]
-    assert np.all(np.diff(key) >= 0)
+
+
+def test_species_slot_layout_holds_every_edge_once_in_its_species_range():
+    """Sorted or shuffled edges: every (centre, species, displacement) lands in exactly one
+    masked cell of its species' slot range, and nothing else is masked."""
+    from jaxuft.uq import species_slot_layout
+
+    rng = np.random.default_rng(3)
+    n_centers, n_species = 11, 3
+    centers = np.repeat(np.arange(n_centers), rng.integers(0, 9, n_centers))
+    species = rng.integers(0, n_species, centers.size)
+    disp = rng.normal(size=(centers.size, 3))
+    key = np.lexsort((species, centers))
+    for order in (key, rng.permutation(centers.size)):  # the sorted branch and the argsort branch
+        first, d, mask = species_slot_layout(centers[order], species[order], disp[order], n_centers, n_species)
+        assert mask.sum() == centers.size and d.shape[2] >= n_centers and np.all(np.diff(first) % 2 == 0)
+        slot, ctr = np.nonzero(mask)
+        spec_of_slot = np.searchsorted(first, slot, side="right") - 1
+        got = np.column_stack([ctr, spec_of_slot, d[slot, :, ctr]])
+        want = np.column_stack([centers, species, disp])
+        np.testing.assert_array_equal(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])])
+        assert not d[~mask.astype(bool)[:, None, :].repeat(3, 1)].any()
 
 
 def test_batch_equals_single_frames_and_ase_fallback(monkeypatch):

@@ -233,27 +233,35 @@ def species_slot_layout(centers, species, displacements, n_centers: int, n_speci
     centers, species: (E,) int; displacements: (E, 3).  Returns ``first`` ``(n_species+1,)``
     int32 (species ``s`` owns slots ``first[s]:first[s+1]``, each range a multiple of
     ``_SLOT_STEP``), ``disp`` ``(J, 3, B)`` and ``mask`` ``(J, B)``; ``J`` and ``B`` (centres,
-    a multiple of ``center_multiple``) are capacity buckets, the compiled shape.
+    a multiple of ``center_multiple``) are capacity buckets, the compiled shape.  Within one
+    (centre, species) group the edges keep their input order.
     """
-    centers = np.asarray(centers, np.int64)
-    species = np.asarray(species, np.int64)
-    key = centers * n_species + species
-    if key.size and np.any(np.diff(key) < 0):
-        order = np.argsort(key, kind="stable")
-        key, centers, species = key[order], centers[order], species[order]
-        displacements = np.asarray(displacements)[order]
+    centers = np.asarray(centers).astype(np.int32, copy=False)
+    key = centers * np.int32(n_species) + np.asarray(species).astype(np.int32, copy=False)
+    e = key.size
     counts = np.bincount(key, minlength=n_centers * n_species)
     per = counts.reshape(n_centers, n_species).max(axis=0) if n_centers else np.zeros(n_species, np.int64)
     caps = -(-per // _SLOT_STEP) * _SLOT_STEP
     first = np.concatenate([[0], np.cumsum(caps)]).astype(np.int32)
-    start = np.cumsum(counts) - counts
-    slot = first[species] + (np.arange(key.size) - start[key])
+    start = (np.cumsum(counts) - counts).astype(np.int32)
+    rank = np.arange(e, dtype=np.int32)
+    if e and np.any(key[1:] < key[:-1]):
+        # the rank of each edge within its (centre, species) group, without moving the edges:
+        # a stable argsort (numpy's is a radix sort, O(E), for 16-bit keys), then one int scatter
+        order = np.argsort(key.astype(np.uint16) if n_centers * n_species <= 1 << 16 else key, kind="stable")
+        rank[order] = rank - start[key[order]]
+    else:
+        rank -= start[key]
+    slot = first[key % np.int32(n_species)] + rank
     n_slots = -(-bucket_size(max(int(first[-1]), 1)) // _SLOT_STEP) * _SLOT_STEP
     n_pad = -(-bucket_size(max(n_centers, 1)) // center_multiple) * center_multiple
-    disp = np.zeros((n_slots, 3, n_pad), dtype)
     mask = np.zeros((n_slots, n_pad), bool)
-    disp[slot, :, centers] = displacements
-    mask[slot, centers] = True
+    mask.reshape(-1)[slot * n_pad + centers] = True
+    disp = np.zeros((n_slots, 3, n_pad), dtype)
+    flat, cell = disp.reshape(-1), slot * (3 * n_pad) + centers  # 1-D scatters (a 2-D fancy index is 3x slower)
+    d = np.asarray(displacements)
+    for c in range(3):
+        flat[cell + c * n_pad] = d[:, c]
     return first, disp, mask
 
 
@@ -331,34 +339,25 @@ def _compiled_slot_stages(n_max: int, l_max: int):
             jax.jit(power_spectrum_from_coefficients))
 
 
-def _sorted_by_center_species(i, j, disp, species):
-    """The pairs ordered by centre, then by the neighbour's species (what :func:`species_slot_layout` wants)."""
-    key = i * (int(species.max()) + 1) + species[j]
-    if key.size and key.max() < 1 << 16:
-        key = key.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit integers: O(E)
-    order = np.argsort(key, kind="stable")
-    return i[order], j[order], disp[order]
-
-
-def _pairs_vesin(pos, cell, pbc, cutoff, species):
+def _pairs_vesin(pos, cell, pbc, cutoff):
     """All ``(i, j, r_j + S cell - r_i)`` with distance <= cutoff, the self pair included, from vesin.
 
     vesin (C++ cell lists; any cell, also smaller than the cutoff sphere) is 3-4x faster than a
-    scipy k-d tree over the periodic images here (1.1-1.7 ms against 3.3-6.0 ms for the paper
-    frame).  Sorted by centre, then by ``species[j]``."""
+    scipy k-d tree over the periodic images here.  It searches the half list (each unordered
+    pair once, 0.7 ms against 1.2 for the full list on the paper frame) and the reverse pairs
+    are its mirror image.  Order: the self pairs, the half list, its mirror (the slot layout
+    takes any order)."""
     n = len(pos)
     box = cell if pbc.any() else np.zeros((3, 3))
     # a hair beyond the cutoff, then the exact test (distance <= cutoff, like dscribe)
-    found = _vesin.NeighborList(cutoff=float(np.nextafter(cutoff, np.inf)), full_list=True)
+    found = _vesin.NeighborList(cutoff=float(np.nextafter(cutoff, np.inf)), full_list=False)
     i, j, d = found.compute(points=pos, box=box, periodic=[bool(p) for p in pbc], quantities="ijD")
     keep = np.einsum("ek,ek->e", d, d) <= cutoff * cutoff
     if not keep.all():
         i, j, d = i[keep], j[keep], d[keep]
-    self_idx = np.arange(n)
-    i = np.concatenate([self_idx, i.astype(np.int64)])
-    j = np.concatenate([self_idx, j.astype(np.int64)])
-    d = np.concatenate([np.zeros((n, 3)), d])
-    return _sorted_by_center_species(i, j, d, species)
+    i, j, self_idx = i.astype(np.int64), j.astype(np.int64), np.arange(n)
+    return (np.concatenate([self_idx, i, j]), np.concatenate([self_idx, j, i]),
+            np.concatenate([np.zeros((n, 3)), d, -d]))
 
 
 def _pairs_ase(atoms, pos, cell, pbc, cutoff):
@@ -544,7 +543,7 @@ class SOAP:
                     "set atoms.cell or use periodic=False"
                 )
         if _HAVE_VESIN:
-            i, j, disp = _pairs_vesin(pos, cell, pbc, self.cutoff, spec)
+            i, j, disp = _pairs_vesin(pos, cell, pbc, self.cutoff)
         else:
             i, j, disp = _pairs_ase(atoms, pos, cell, pbc, self.cutoff)
         return i.astype(np.int32), spec[j].astype(np.int32), disp
