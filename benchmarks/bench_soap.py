@@ -16,7 +16,8 @@ figure on a shared machine) are printed too.
                                     [--baseline-commit REV] [--no-append]
 
 ``--baseline-commit``: also time ``jaxuft/uq/soap.py`` as it was at that git revision (loaded
-from ``git show`` into a temporary module), in the same run: the before/after of a change.
+from ``git show`` into a temporary module), in the same run with its calls interleaved with the
+others': the before/after of a change.
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ def timed(fn, repeats):
 
 
 def timed_many(fns, repeats):
-    """:func:`timed` of several functions with their calls interleaved (a, b, a, b, ...), so that a
-    change of load on a shared machine hits all of them alike."""
+    """:func:`timed` of several functions with their calls interleaved, so that a change of load on a
+    shared machine hits all of them alike; the order alternates (a, b, c, then c, b, a), so that no
+    function always runs right after the same neighbour (e.g. after dscribe has swept the caches)."""
     walls = [[] for _ in fns]
     cpus = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
+    for rep in range(repeats):
+        ks = range(len(fns)) if rep % 2 == 0 else reversed(range(len(fns)))
+        for k in ks:
             c, t = time.process_time(), time.perf_counter()
-            fn()
+            fns[k]()
             walls[k].append(time.perf_counter() - t)
             cpus[k].append(time.process_time() - c)
     return [(float(np.min(w)), float(np.median(w)), float(np.min(c))) for w, c in zip(walls, cpus)]
@@ -122,28 +125,31 @@ def main(argv=None) -> int:
     js32.compute(batch)
 
     r = args.repeats
+    old = old_first = None
+    if args.baseline_commit:  # the baseline's calls are interleaved with the others' too
+        old = load_baseline(args.baseline_commit).SOAP(species, **settings)
+        with CompilationCounter() as cc:
+            t = time.perf_counter()
+            old.compute(frame)
+            old_first = (time.perf_counter() - t, cc.seconds)
+        old.compute(batch)
+    one = [lambda: ds.create(frame), lambda: js.compute(frame), lambda: js32.compute(frame)]
+    many = [lambda: ds.create(batch), lambda: [ds.create(a) for a in batch],
+            lambda: js.compute(batch), lambda: list(js.compute_iter(batch)),
+            lambda: js32.compute(batch), lambda: list(js32.compute_iter(batch))]
+    if old is not None:
+        one.append(lambda: old.compute(frame))
+        many += [lambda: old.compute(batch), lambda: list(old.compute_iter(batch))]
     with CompilationCounter() as steady:
-        ds1, js1, js1_32 = timed_many([lambda: ds.create(frame), lambda: js.compute(frame), lambda: js32.compute(frame)], r)
+        ds1, js1, js1_32, *old1 = timed_many(one, r)
         edges1 = timed(lambda: js.edges(frame), r)
         consts = js.constants()
         prepared = next(iter(js._batches([frame])))
         run1 = timed(lambda: js._run(consts, prepared), r)  # slots + device program + host view
         rb = max(2, r // 2)
         # two output forms on each side: one array for all frames, or one array per frame
-        ds_list, ds_loop, js_list, js_iter, js32_list, js32_iter = timed_many(
-            [lambda: ds.create(batch), lambda: [ds.create(a) for a in batch],
-             lambda: js.compute(batch), lambda: list(js.compute_iter(batch)),
-             lambda: js32.compute(batch), lambda: list(js32.compute_iter(batch))], rb)
-    base = None
-    if args.baseline_commit:
-        old = load_baseline(args.baseline_commit).SOAP(species, **settings)
-        with CompilationCounter() as cc:
-            t = time.perf_counter()
-            old.compute(frame)
-            old_first = (time.perf_counter() - t, cc.seconds)
-            old.compute(batch)
-        old_b = min(timed_many([lambda: old.compute(batch), lambda: list(old.compute_iter(batch))], max(2, r // 2)))
-        base = (timed(lambda: old.compute(frame), r), old_b, old_first)
+        ds_list, ds_loop, js_list, js_iter, js32_list, js32_iter, *old_b = timed_many(many, rb)
+    base = (old1[0], min(old_b), old_first) if old is not None else None
     dsb = min(ds_list, ds_loop)
     which = "create(list)" if dsb is ds_list else "loop over frames"
     jsb, jsb32 = min(js_list, js_iter), min(js32_list, js32_iter)
@@ -189,7 +195,7 @@ def main(argv=None) -> int:
         f"{steady.count}. 1-min load average at the end {load:.1f} on {os.cpu_count()} cores; peak RSS of the run "
         f"{peak_rss_gb():.2f} GB; jaxuft's allocator settings (host_memory.tune) in effect for both: {tuned}."
         f"\nParity: max |diff| / max |dscribe| = {err:.2e} (1 frame), {errb:.2e} (batch); float32: {err32:.2e} (1 frame). dscribe, jaxuft float64 and float32 calls "
-        f"interleaved."
+        f"interleaved{f' (and those of jaxuft at {args.baseline_commit})' if args.baseline_commit else ''}."
     )
     header = ["step", "dscribe (s)", "jaxuft (s)", "speedup (min)", "speedup (median)", "speedup (CPU time)"]
     from benchmarks.results import record
