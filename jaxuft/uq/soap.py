@@ -255,6 +255,7 @@ def species_slot_layout(centers, species, displacements, n_centers: int, n_speci
     slot = first[key % np.int32(n_species)] + rank
     n_slots = -(-bucket_size(max(int(first[-1]), 1)) // _SLOT_STEP) * _SLOT_STEP
     n_pad = -(-bucket_size(max(n_centers, 1)) // center_multiple) * center_multiple
+    slot = slot.astype(np.int64)  # flat indices in 64 bits: J * 3 * B passes 2**31 near 5 M atoms per call
     mask = np.zeros((n_slots, n_pad), bool)
     mask.reshape(-1)[slot * n_pad + centers] = True
     disp = np.zeros((n_slots, 3, n_pad), dtype)
