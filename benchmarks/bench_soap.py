@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-frames", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--baseline-commit", default=None, help="also time jaxuft/uq/soap.py at this git revision")
+    ap.add_argument("--cold-frames", type=int, default=50,
+                    help="frames of FT5.xyz for the cold row (a fresh SOAP, compilation included; 0 skips it)")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args(argv)
 
@@ -98,6 +100,7 @@ def main(argv=None) -> int:
     from jaxuft import host_memory
     from jaxuft.md.compilation import CompilationCounter
     from jaxuft.uq import SOAP
+    from jaxuft.uq import soap as soap_module
 
     # the glibc allocator settings the jaxuft CLI uses (jaxuft/host_memory.py), for both codes in this process
     tuned = host_memory.tune()
@@ -162,6 +165,27 @@ def main(argv=None) -> int:
     errb = float(np.max(np.abs(js.compute(batch) - refb)) / np.max(np.abs(refb)))
     err32 = float(np.max(np.abs(x32 - ref)) / scale)
 
+    cold = None
+    if args.cold_frames:
+        # what a one-off job sees: a fresh SOAP over a trajectory's frames, every compilation included
+        # (jit caches cleared first); dscribe has nothing to compile
+        frames = ase.io.read(data / "train/periodic/FT5.xyz", f":{args.cold_frames}")
+        t = time.perf_counter()
+        for a in frames:
+            ds.create(a)
+        ds_cold = time.perf_counter() - t
+        colds = []
+        for mod in ([soap_module] + ([load_baseline(args.baseline_commit)] if args.baseline_commit else [])):
+            jax.clear_caches()
+            mod._compiled_slot_stages.cache_clear()
+            fresh = mod.SOAP(species, **settings)
+            with CompilationCounter() as cc:
+                t = time.perf_counter()
+                for _ in fresh.compute_iter(frames):
+                    pass
+                colds.append((time.perf_counter() - t, cc.count, cc.seconds))
+        cold = (len(frames), ds_cold, colds)
+
     load = os.getloadavg()[0]
     nb = len(batch)
     rows = [
@@ -179,6 +203,12 @@ def main(argv=None) -> int:
         ["jaxuft first call, 1 frame (compile s in brackets)", "", f"{t_first:.3g} ({compile_frame:.3g})", "", "", ""],
         [f"jaxuft first call, {nb} frames (compile s in brackets)", "", f"{t_first_batch:.3g} ({compile_batch:.3g})", "", "", ""],
     ]
+    if cold is not None:
+        nc, ds_cold, colds = cold
+        labels = ["jaxuft"] + ([f"jaxuft at {args.baseline_commit}"] if args.baseline_commit else [])
+        for label, (t, n, secs) in zip(labels, colds):
+            rows.append([f"cold: {label}, a fresh SOAP over {nc} FT5 frames, first call ({n} compilations, {secs:.3g} s)",
+                         ds_cold, t, ds_cold / t, "", ""])
     if base is not None:
         b1, bb, bfirst = base
         rev = args.baseline_commit

@@ -140,6 +140,34 @@ def test_species_slot_layout_holds_every_edge_once_in_its_species_range():
         assert not d[~mask.astype(bool)[:, None, :].repeat(3, 1)].any()
 
 
+def test_frames_of_one_system_share_compiled_shapes():
+    """Frames whose largest per-species neighbour count moves across several capacity buckets
+    compile the coefficient stage at most twice (the slot capacity grows with headroom and is
+    reused), and each frame's features equal those of a fresh SOAP on that frame alone."""
+    from jaxuft.graph import bucket_size
+    from jaxuft.md.compilation import CompilationCounter
+
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0, 1, (48, 3))
+    frames = []
+    for edge in np.linspace(9.0, 8.3, 8):  # denser and denser (x1.28): the counts grow
+        pos = (base + rng.normal(0, 0.01, base.shape)) * edge
+        frames.append(Atoms(["H", "C", "O"] * 16, positions=pos, cell=np.eye(3) * edge, pbc=True))
+    settings = dict(species=["H", "C", "O"], r_cut=3.5, n_max=3, l_max=2, sigma=0.5, periodic=True)
+    soap = SOAP(**settings, max_edges_per_call=1)  # one frame per device call
+    counts = []
+    for a in frames:
+        i, s, d = soap.edges(a)
+        per = np.bincount(i * 3 + s, minlength=len(a) * 3).reshape(len(a), 3).max(axis=0)
+        counts.append(int((-(-per // 2) * 2).sum()))
+    assert len({bucket_size(c) for c in counts}) >= 4, counts  # a bucket per frame would compile 4 programs
+    with CompilationCounter() as cc:
+        got = list(soap.compute_iter(frames))
+    assert sum("species_slot_coefficients" in n for n in cc.names) <= 2, (counts, cc.names)
+    for a, x in zip(frames, got):
+        np.testing.assert_allclose(x, SOAP(**settings).compute(a), rtol=0, atol=1e-12)
+
+
 def test_batch_equals_single_frames_and_ase_fallback(monkeypatch):
     rng = np.random.default_rng(0)
     frames = []

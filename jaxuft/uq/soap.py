@@ -226,14 +226,46 @@ def soap_from_edges(
 _SLOT_STEP = 2
 
 
+class SlotCapacity:
+    """The compiled shapes (neighbour slots ``J``, centres ``B``) a :class:`SOAP` has used, so that
+    frames of one system share one compiled program.
+
+    The largest count of one species around any centre moves from frame to frame (104-130
+    slots over the 50 frames of the paper's FT5.xyz: five capacity buckets, five ~2 s
+    compilations for 0.7 s of work).  A count reuses the smallest shape already used that
+    holds it, if that wastes at most ``max_waste`` (x); otherwise the first shape is the
+    count's bucket and each new one after it leaves ``headroom`` (x) above the count, so a
+    stream of similar frames settles on one or two shapes (FT5.xyz: 112 and 136 slots).
+    One compilation (~2 s) costs as much as ~170 paper frames of work, and the padding of a
+    shared shape a few per cent of a frame, so sharing wins below some thousands of frames.
+    """
+
+    def __init__(self, headroom: float = 1.125, max_waste: float = 1.5):
+        self.headroom, self.max_waste = float(headroom), float(max_waste)
+        self.slots: set[int] = set()
+        self.centers: set[int] = set()
+
+    def choose(self, used: set, count: int, multiple: int) -> int:
+        count = max(int(count), 1)
+        fits = [c for c in used if count <= c <= self.max_waste * count]
+        if fits:
+            return min(fits)
+        # the first shape: the count's bucket; later ones: the count plus headroom, to a multiple of 8
+        want = bucket_size(count) if not used else -(-int(np.ceil(count * self.headroom)) // 8) * 8
+        shape = -(-want // multiple) * multiple
+        used.add(shape)
+        return shape
+
+
 def species_slot_layout(centers, species, displacements, n_centers: int, n_species: int, dtype=np.float64,
-                        center_multiple: int = 8):
+                        center_multiple: int = 8, capacity: "SlotCapacity | None" = None):
     """Host arrays for :func:`soap_from_species_slots` from neighbour edges (any order).
 
     centers, species: (E,) int; displacements: (E, 3).  Returns ``first`` ``(n_species+1,)``
     int32 (species ``s`` owns slots ``first[s]:first[s+1]``, each range a multiple of
     ``_SLOT_STEP``), ``disp`` ``(J, 3, B)`` and ``mask`` ``(J, B)``; ``J`` and ``B`` (centres,
-    a multiple of ``center_multiple``) are capacity buckets, the compiled shape.  Within one
+    a multiple of ``center_multiple``) are capacity buckets, the compiled shape (chosen by
+    ``capacity``, which remembers the shapes already used; a fresh one if None).  Within one
     (centre, species) group the edges keep their input order.
     """
     centers = np.asarray(centers).astype(np.int32, copy=False)
@@ -253,8 +285,9 @@ def species_slot_layout(centers, species, displacements, n_centers: int, n_speci
     else:
         rank -= start[key]
     slot = first[key % np.int32(n_species)] + rank
-    n_slots = -(-bucket_size(max(int(first[-1]), 1)) // _SLOT_STEP) * _SLOT_STEP
-    n_pad = -(-bucket_size(max(n_centers, 1)) // center_multiple) * center_multiple
+    capacity = capacity if capacity is not None else SlotCapacity()
+    n_slots = capacity.choose(capacity.slots, int(first[-1]), _SLOT_STEP)
+    n_pad = capacity.choose(capacity.centers, n_centers, center_multiple)
     slot = slot.astype(np.int64)  # flat indices in 64 bits: J * 3 * B passes 2**31 near 5 M atoms per call
     mask = np.zeros((n_slots, n_pad), bool)
     mask.reshape(-1)[slot * n_pad + centers] = True
@@ -426,6 +459,7 @@ class SOAP:
         self.periodic = bool(periodic)
         self.dtype = resolve_dtype(dtype)
         self.max_edges_per_call = int(max_edges_per_call)
+        self._capacity = SlotCapacity()  # the compiled shapes used so far (frames of one system share one)
         self.eta = 1.0 / (2.0 * self.sigma**2)
         self.cutoff_padding = self.sigma * np.sqrt(-2.0 * np.log(_THRESHOLD))
         self.cutoff = self.r_cut + self.cutoff_padding
@@ -612,7 +646,8 @@ class SOAP:
         centers = np.concatenate([e[0] + o for (_, e), o in zip(batch, offsets)])
         species = np.concatenate([e[1] for _, e in batch])
         disp = np.concatenate([e[2] for _, e in batch])
-        first, dsp, mask = species_slot_layout(centers, species, disp, int(offsets[-1]), self.n_species, self.dtype)
+        first, dsp, mask = species_slot_layout(centers, species, disp, int(offsets[-1]), self.n_species, self.dtype,
+                                               capacity=self._capacity)
         coefficients, power = _compiled_slot_stages(self.n_max, self.l_max)
         # host arrays straight into the jitted call: 0.1-0.2 ms against ~1 ms through jnp.asarray
         coeff = coefficients(consts, dsp, mask, first)
