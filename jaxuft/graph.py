@@ -88,6 +88,25 @@ def bucket_size(n: int, minimum: int = 8) -> int:
     return -(-n // step) * step
 
 
+def reuse_or_grow(used: set, count: int, multiple: int = 1, headroom: float = 1.0, max_waste: float = 1.5) -> int:
+    """A padded size for ``count`` that prefers one already compiled (``used``, updated in place).
+
+    The smallest size in ``used`` that holds ``count`` with at most ``max_waste`` (x) of it;
+    otherwise a new one: ``count``'s bucket (:func:`bucket_size`) the first time, and
+    ``count * headroom`` rounded up to a multiple of 8 after that (a stream whose counts drift
+    upwards then settles on few shapes).  Always a multiple of ``multiple``.  One compilation
+    of a large program costs seconds, so padding a few per cent more is usually cheaper.
+    """
+    count = max(int(count), 1)
+    fits = [c for c in used if count <= c <= max_waste * count]
+    if fits:
+        return min(fits)
+    want = bucket_size(count) if not used or headroom <= 1.0 else -(-int(np.ceil(count * headroom)) // 8) * 8
+    size = -(-want // multiple) * multiple
+    used.add(size)
+    return size
+
+
 def pad_graph_arrays(
     positions: np.ndarray,
     cells: np.ndarray,

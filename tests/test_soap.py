@@ -140,6 +140,19 @@ def test_species_slot_layout_holds_every_edge_once_in_its_species_range():
         assert not d[~mask.astype(bool)[:, None, :].repeat(3, 1)].any()
 
 
+def test_reuse_or_grow_prefers_compiled_sizes():
+    from jaxuft.graph import bucket_size, reuse_or_grow
+
+    used = set()
+    assert reuse_or_grow(used, 122, 2, headroom=1.125) == bucket_size(122) == 128  # the first: a bucket
+    assert reuse_or_grow(used, 100, 2, headroom=1.125) == 128  # held within 1.5x: reused
+    assert reuse_or_grow(used, 130, 2, headroom=1.125) == 152  # grown: 130 * 1.125 to a multiple of 8
+    assert reuse_or_grow(used, 140, 2, headroom=1.125) == 152
+    assert reuse_or_grow(used, 40, 2, headroom=1.125) == 48  # 128 would waste > 1.5x: a new, smaller one
+    assert used == {128, 152, 48}
+    assert reuse_or_grow(set(), 197, 8) == 208 and reuse_or_grow({256}, 197, 8, max_waste=1.2) == 208
+
+
 def test_frames_of_one_system_share_compiled_shapes():
     """Frames whose largest per-species neighbour count moves across several capacity buckets
     compile the coefficient stage at most twice (the slot capacity grows with headroom and is

@@ -45,7 +45,7 @@ from ase import Atoms
 from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
 
-from ..graph import bucket_size
+from ..graph import reuse_or_grow
 from ..neighbors import neighbor_list
 
 try:  # vesin: the host neighbour search (a declared dependency; ASE's neighbour list if it is missing)
@@ -246,15 +246,7 @@ class SlotCapacity:
         self.centers: set[int] = set()
 
     def choose(self, used: set, count: int, multiple: int) -> int:
-        count = max(int(count), 1)
-        fits = [c for c in used if count <= c <= self.max_waste * count]
-        if fits:
-            return min(fits)
-        # the first shape: the count's bucket; later ones: the count plus headroom, to a multiple of 8
-        want = bucket_size(count) if not used else -(-int(np.ceil(count * self.headroom)) // 8) * 8
-        shape = -(-want // multiple) * multiple
-        used.add(shape)
-        return shape
+        return reuse_or_grow(used, count, multiple, self.headroom, self.max_waste)
 
 
 def species_slot_layout(centers, species, displacements, n_centers: int, n_species: int, dtype=np.float64,
