@@ -12,8 +12,8 @@ each form against its like, and a headline row of each side's faster form.  jaxu
 of the time (host neighbour search vs device) and the process CPU time of both (a steadier
 figure on a shared machine) are printed too.
 
-    python benchmarks/bench_soap.py [--data ../shared/paper-data] [--repeats 7] [--batch-frames 10]
-                                    [--baseline-commit REV] [--no-append]
+    python benchmarks/bench_soap.py [--data ../shared/paper-data] [--repeats 21] [--batch-frames 10]
+                                    [--baseline-commit REV] [--cold-frames 50] [--no-append]
 
 ``--baseline-commit``: also time ``jaxuft/uq/soap.py`` as it was at that git revision (loaded
 from ``git show`` into a temporary module), in the same run with its calls interleaved with the
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "paper-data"))
     ap.add_argument("--batch-frames", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--baseline-commit", default=None, help="also time jaxuft/uq/soap.py at this git revision")
     ap.add_argument("--cold-frames", type=int, default=50,
                     help="frames of FT5.xyz for the cold row (a fresh SOAP, compilation included; 0 skips it)")

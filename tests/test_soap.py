@@ -249,3 +249,23 @@ def test_paper_frame_matches_dscribe():
     x = SOAP(species, 5.0, 8, 6, 0.375, periodic=True).compute(atoms)
     assert x.shape == (197, 11172)
     assert_soap_close(x, ref)
+
+
+@pytest.mark.skipif(not PAPER_FRAME.exists(), reason=f"paper data not found at {PAPER} (see shared/paper-data/README.md)")
+def test_bench_soap_runs_with_tiny_settings():
+    """benchmarks/bench_soap.py end to end (dscribe, float32, a baseline revision, the cold row),
+    printing its table without appending to RESULTS.md."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "bench_soap.py"), "--data", str(PAPER), "--repeats", "1",
+         "--batch-frames", "2", "--cold-frames", "2", "--baseline-commit", "HEAD", "--no-append"],
+        capture_output=True, text=True, timeout=600, cwd=repo,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| SOAP, 1 frame") for r in rows), res.stdout[-2000:]
+    assert any("cold: jaxuft at HEAD" in r for r in rows) and any("cold: jaxuft, a fresh SOAP over 2" in r for r in rows)

@@ -416,9 +416,11 @@ class SOAP:
 
     ``compute`` finds neighbours on the host (vesin's cell lists), groups frames into calls of
     at most ``max_edges_per_call`` neighbour pairs (default 16384: about one 200-atom frame;
-    larger calls were not faster and hold more memory), and runs jitted programs per
-    capacity bucket (centres and neighbour slots padded to buckets; see
-    :func:`species_slot_layout`).
+    larger calls were not faster and hold more memory), and runs jitted programs on padded
+    shapes (centres and neighbour slots; see :func:`species_slot_layout`).  An instance
+    remembers the shapes it has compiled and reuses one that holds a new frame (see
+    :class:`SlotCapacity`), so keep one instance for a stream of frames: the frames of one
+    system then need one or two compilations (~2 s each on a CPU).
     """
 
     def __init__(
