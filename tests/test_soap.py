@@ -177,6 +177,9 @@ def test_frames_of_one_system_share_compiled_shapes():
     with CompilationCounter() as cc:
         got = list(soap.compute_iter(frames))
     assert sum("species_slot_coefficients" in n for n in cc.names) <= 2, (counts, cc.names)
+    with CompilationCounter() as again:  # a new instance with the same settings reuses those shapes
+        list(SOAP(**settings, max_edges_per_call=1).compute_iter(frames[::-1]))
+    assert again.count == 0, again.names
     for a, x in zip(frames, got):
         np.testing.assert_allclose(x, SOAP(**settings).compute(a), rtol=0, atol=1e-12)
 

@@ -249,6 +249,13 @@ class SlotCapacity:
         return reuse_or_grow(used, count, multiple, self.headroom, self.max_waste)
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_capacity(n_max: int, l_max: int, n_species: int, dtype: str) -> SlotCapacity:
+    """One :class:`SlotCapacity` per kind of compiled program (the programs are cached per process
+    too), so that a new :class:`SOAP` with the same settings reuses the shapes of earlier ones."""
+    return SlotCapacity()
+
+
 def species_slot_layout(centers, species, displacements, n_centers: int, n_species: int, dtype=np.float64,
                         center_multiple: int = 8, capacity: "SlotCapacity | None" = None):
     """Host arrays for :func:`soap_from_species_slots` from neighbour edges (any order).
@@ -418,9 +425,10 @@ class SOAP:
     at most ``max_edges_per_call`` neighbour pairs (default 16384: about one 200-atom frame;
     larger calls were not faster and hold more memory), and runs jitted programs on padded
     shapes (centres and neighbour slots; see :func:`species_slot_layout`).  An instance
-    remembers the shapes it has compiled and reuses one that holds a new frame (see
-    :class:`SlotCapacity`), so keep one instance for a stream of frames: the frames of one
-    system then need one or two compilations (~2 s each on a CPU).
+    remembers the shapes compiled for its settings (shared with other instances of the same
+    ``n_max``, ``l_max``, species count and dtype) and reuses one that holds a new frame (see
+    :class:`SlotCapacity`): the frames of one system need one or two compilations (~2 s each
+    on a CPU).
     """
 
     def __init__(
@@ -453,7 +461,8 @@ class SOAP:
         self.periodic = bool(periodic)
         self.dtype = resolve_dtype(dtype)
         self.max_edges_per_call = int(max_edges_per_call)
-        self._capacity = SlotCapacity()  # the compiled shapes used so far (frames of one system share one)
+        # the compiled shapes used so far, shared by instances that share compiled programs
+        self._capacity = _shared_capacity(self.n_max, self.l_max, self.n_species, np.dtype(self.dtype).name)
         self.eta = 1.0 / (2.0 * self.sigma**2)
         self.cutoff_padding = self.sigma * np.sqrt(-2.0 * np.log(_THRESHOLD))
         self.cutoff = self.r_cut + self.cutoff_padding
