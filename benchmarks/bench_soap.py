@@ -178,6 +178,8 @@ def main(argv=None) -> int:
         for mod in ([soap_module] + ([load_baseline(args.baseline_commit)] if args.baseline_commit else [])):
             jax.clear_caches()
             mod._compiled_slot_stages.cache_clear()
+            if hasattr(mod, "_shared_capacity"):  # the shapes remembered by the warm runs above
+                mod._shared_capacity.cache_clear()
             fresh = mod.SOAP(species, **settings)
             with CompilationCounter() as cc:
                 t = time.perf_counter()

@@ -227,17 +227,17 @@ _SLOT_STEP = 2
 
 
 class SlotCapacity:
-    """The compiled shapes (neighbour slots ``J``, centres ``B``) a :class:`SOAP` has used, so that
-    frames of one system share one compiled program.
+    """The compiled shapes (neighbour slots ``J``, centres ``B``) used so far, so that frames of one
+    system share one compiled program.
 
     The largest count of one species around any centre moves from frame to frame (104-130
     slots over the 50 frames of the paper's FT5.xyz: five capacity buckets, five ~2 s
     compilations for 0.7 s of work).  A count reuses the smallest shape already used that
     holds it, if that wastes at most ``max_waste`` (x); otherwise the first shape is the
-    count's bucket and each new one after it leaves ``headroom`` (x) above the count, so a
-    stream of similar frames settles on one or two shapes (FT5.xyz: 112 and 136 slots).
-    One compilation (~2 s) costs as much as ~170 paper frames of work, and the padding of a
-    shared shape a few per cent of a frame, so sharing wins below some thousands of frames.
+    count's bucket and each new one after it leaves ``headroom`` (x) above the count
+    (:func:`jaxuft.graph.reuse_or_grow`), so a stream of similar frames settles on one or two
+    shapes (FT5.xyz: 120 and 144 slots).  One compilation (~2 s) costs as much as ~170 paper
+    frames of work, and the padding of a shared shape a few per cent of a frame.
     """
 
     def __init__(self, headroom: float = 1.125, max_waste: float = 1.5):
@@ -245,8 +245,11 @@ class SlotCapacity:
         self.slots: set[int] = set()
         self.centers: set[int] = set()
 
-    def choose(self, used: set, count: int, multiple: int) -> int:
-        return reuse_or_grow(used, count, multiple, self.headroom, self.max_waste)
+    def slots_for(self, count: int) -> int:
+        return reuse_or_grow(self.slots, count, _SLOT_STEP, self.headroom, self.max_waste)
+
+    def centers_for(self, count: int, multiple: int) -> int:
+        return reuse_or_grow(self.centers, count, multiple, self.headroom, self.max_waste)
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,8 +288,8 @@ def species_slot_layout(centers, species, displacements, n_centers: int, n_speci
         rank -= start[key]
     slot = first[key % np.int32(n_species)] + rank
     capacity = capacity if capacity is not None else SlotCapacity()
-    n_slots = capacity.choose(capacity.slots, int(first[-1]), _SLOT_STEP)
-    n_pad = capacity.choose(capacity.centers, n_centers, center_multiple)
+    n_slots = capacity.slots_for(int(first[-1]))
+    n_pad = capacity.centers_for(n_centers, center_multiple)
     slot = slot.astype(np.int64)  # flat indices in 64 bits: J * 3 * B passes 2**31 near 5 M atoms per call
     mask = np.zeros((n_slots, n_pad), bool)
     mask.reshape(-1)[slot * n_pad + centers] = True
