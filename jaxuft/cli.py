@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from . import host_memory
+    from . import compile_cache, host_memory
 
     host_memory.tune()  # the command line opts in to the tuned allocator (see jaxuft/host_memory.py)
     parser = build_parser()
@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    if getattr(args, "compile_cache", True):  # and to JAX's on-disk compilation cache (jaxuft/compile_cache.py)
+        compile_cache.enable()  # (``jaxuft bench`` measures compile times: it sets compile_cache=False)
     from .errors import JaxuftError
 
     try:

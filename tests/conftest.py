@@ -16,6 +16,11 @@ sys.path.insert(0, str(REPO / "tests" / "reference"))
 #: The one place tests find it (``from conftest import PAPER_DATA``); tests skip with a reason when absent.
 PAPER_DATA = Path(os.environ.get("JAXUFT_PAPER_DATA", REPO.parent / "shared" / "paper-data"))
 
+#: the ``jaxuft`` command turns JAX's persistent compilation cache on (jaxuft/compile_cache.py); tests that
+#: call it, in process or as a subprocess, run without it: no writes to ~/.cache, and compilation counts
+#: that do not depend on what earlier test processes compiled (tests/test_compile_cache.py opts in)
+os.environ.setdefault("JAXUFT_COMPILE_CACHE", "0")
+
 
 @pytest.fixture(scope="session")
 def paper_data() -> Path:

@@ -1,5 +1,6 @@
 """The MD progress bar moves during a chunk (ticks from inside the compiled scan), about once a second
-after the first chunk, and showing it changes neither the results nor the compiled program."""
+after the first chunk, and showing it does not change the results; a hidden bar runs a program
+without host callbacks (the kind JAX's persistent compilation cache can keep)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,12 @@ def test_bar_moves_within_chunks_without_changing_results(monkeypatch):
     assert [d for _, g, d in first if g == 0] == list(range(1, 201))
     # then ticks about once a second: the period follows the measured speed
     assert periods[0] >= 1 and len([t for t in ticks if t[0] == 1]) == 2 * (200 // periods[0])
+    monkeypatch.setenv("JAXUFT_PROGRESS", "0")
     with md.CompilationCounter() as cc:
         _, hidden = sim.run(start, n_steps=400, record_every=20, progress=False)
-    assert cc.count == 0  # the same program with the bar hidden
-    for k in shown.data:
-        np.testing.assert_array_equal(shown.data[k], hidden.data[k], err_msg=k)
+    assert cc.count == 1  # the tick-free program, once
+    with md.CompilationCounter() as again:
+        sim.run(start, n_steps=400, record_every=20, progress=False)
+    assert again.count == 0
+    for k in shown.data:  # two programs: equal up to rounding (XLA may fuse the two differently)
+        np.testing.assert_allclose(shown.data[k], hidden.data[k], rtol=1e-10, atol=1e-12, err_msg=k)

@@ -60,4 +60,4 @@ def register(sub) -> None:
                         "accelerator at most what half its memory holds at 4 MB per atom); an out-of-memory point is "
                         "retried with a quarter of the group")
     p.add_argument("-o", "--out", default=None, help="JSON report (default jaxuft-bench-DATE.json)")
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, compile_cache=False)  # its "compile s" must be compilations, not cache loads

@@ -701,7 +701,9 @@ class Simulation:
                 while True:
                     spec = self.spec
                     args = (params, self.system, state, cond, {**limits, **bar.limits()}, extra)
-                    program = self.program(chunk, record_every, spec, ticks=True)
+                    # in-scan ticks only for a visible bar: a program with host callbacks cannot be
+                    # kept in JAX's persistent compilation cache (jaxuft/compile_cache.py)
+                    program = self.program(chunk, record_every, spec, ticks=bar.enabled)
                     fn = cached_executable(program, args)
                     if fn is None:
                         bar.compiling(True)
