@@ -12,9 +12,10 @@
   are padded with masked atoms that have no neighbours, no forces, no momenta and no
   degrees of freedom, so each system's trajectory is the one it has alone.
 * With ``Program.ticks`` the scan calls the host every ``limits["tick_every"]`` steps (a
-  runtime number: progress bars move during a chunk; choosing it compiles nothing).  Runs
-  without a visible bar use a program without ticks: JAX does not keep programs with host
-  callbacks in its persistent compilation cache, so only those load from it.
+  runtime number: progress bars move during a chunk; choosing it compiles nothing).
+  ``Simulation.run`` builds them in where a bar can be watched (a terminal, or
+  ``JAXUFT_PROGRESS=1``) and leaves them out elsewhere: JAX does not keep programs with host
+  callbacks in its persistent compilation cache, so only tick-free programs load from it.
 * Compiled segments are shared by every :class:`~jaxuft.md.simulation.Simulation` with
   the same :class:`Program` (model architecture, ensemble kind, capacities, chunk
   length, hooks) and argument shapes.

@@ -60,6 +60,7 @@ import numpy as np
 from ase import Atoms
 
 from ..models import restrict_species
+from ..progress import progress_enabled
 from ..structures import MIN_DISTANCE, check_overlaps, validate_atoms
 from . import neighbors as nl
 from .compilation import CompilationCounter
@@ -684,8 +685,12 @@ class Simulation:
             progress = n_chunks > 1
         batch = self._replica_batch(self.spec)
         n_groups = r // _largest_divisor_at_most(r, batch) if batch else 1
-        # the program always carries the progress ticks (bar or not), so every run uses the same code
         bar = ChunkProgress(n_steps, chunk * record_every, n_groups, f"MD {self.ensemble.kind} x{r}", progress)
+        # In-scan progress ticks where someone can watch a bar move (a terminal, or JAXUFT_PROGRESS=1): the same
+        # for every run of the process, whether this run shows its bar or not, so that runs of any length
+        # share one program.  Elsewhere (logs, CI, batch jobs) the tick-free program: JAX cannot keep a
+        # program with a host callback in its persistent compilation cache (jaxuft/compile_cache.py).
+        ticks = progress_enabled()
         extra = jax.device_put(extra)  # arrays with fixed types (python scalars would retrace)
         counter = CompilationCounter().start()
         compile_wall = 0.0
@@ -701,9 +706,7 @@ class Simulation:
                 while True:
                     spec = self.spec
                     args = (params, self.system, state, cond, {**limits, **bar.limits()}, extra)
-                    # in-scan ticks only for a visible bar: a program with host callbacks cannot be
-                    # kept in JAX's persistent compilation cache (jaxuft/compile_cache.py)
-                    program = self.program(chunk, record_every, spec, ticks=bar.enabled)
+                    program = self.program(chunk, record_every, spec, ticks=ticks)
                     fn = cached_executable(program, args)
                     if fn is None:
                         bar.compiling(True)
