@@ -46,6 +46,7 @@ def machine_key() -> str:
     """A short hash of what a compiled CPU program depends on: the CPU (model and feature flags),
     the OS and architecture, and the jax and jaxlib versions."""
     import jax
+    import jaxlib
 
     cpu = ""
     try:
@@ -54,7 +55,7 @@ def machine_key() -> str:
         cpu = "\n".join(sorted(set(lines)))
     except OSError:
         cpu = platform.processor()
-    parts = [sys.platform, platform.machine(), cpu, jax.__version__, _jaxlib_version()]
+    parts = [sys.platform, platform.machine(), cpu, jax.__version__, jaxlib.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -85,10 +86,11 @@ def enable(directory: str | os.PathLike | None = None, min_compile_seconds: floa
     if _enabled is not None:
         return _enabled
     import jax
+    from jaxlib.version import __version_info__ as jaxlib_version
 
     if jax.config.jax_compilation_cache_dir:  # the user's own setting wins
         return None
-    if sys.platform == "darwin" and _version(_jaxlib_version()) < (0, 10):
+    if sys.platform == "darwin" and jaxlib_version < (0, 10):
         return None  # jaxlib < 0.10 on macOS crashes loading large cached CPU programs (SIGBUS in LLVM ORC)
     path = Path(directory) if directory is not None else default_directory()
     if path is None:
@@ -105,25 +107,6 @@ def enable(directory: str | os.PathLike | None = None, min_compile_seconds: floa
         _quiet_cpu_loader_errors()
     _enabled = path
     return path
-
-
-def _jaxlib_version() -> str:
-    import jaxlib
-
-    return getattr(jaxlib, "__version__", "0")
-
-
-def _version(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits or 0))
-    return tuple(out)
-
-
-def enabled() -> Path | None:
-    """The directory :func:`enable` turned on in this process, or None."""
-    return _enabled
 
 
 def _quiet_cpu_loader_errors() -> None:

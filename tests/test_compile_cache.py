@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache as jaxuft turns it on (jaxuft/compile_cache.py): one directory per
-machine, a second process loads what the first compiled (same results, no XLA compilation, no loader
-noise), the command line opts in, and it stays off where the user says so."""
+machine, a second process loads what the first compiled (cache hits, the same results, no loader noise),
+the command line opts in, and it stays off where the user says so."""
 
 from __future__ import annotations
 
